@@ -1,0 +1,102 @@
+"""Ground-truth features: their declarations and the ones every grammar has (from the parse tree).
+
+A feature assigns one integer to every token of a sentence. Its :class:`FeatureSpec` says what
+the integer means: ``binary`` (0/1), ``categorical`` (an index into ``categories``) or
+``ordinal`` (a count or depth, compared by size).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+from nltk import Tree
+
+FeatureKind = Literal["binary", "categorical", "ordinal"]
+FEATURE_KINDS: tuple[str, ...] = ("binary", "categorical", "ordinal")
+
+#: Value stored in dataset feature columns at positions that are not sentence tokens
+#: (the prompt, ``<bos>``, ``<eos>``): the usual "ignore" index of PyTorch losses.
+IGNORE_VALUE = -100
+
+#: Category used by ``parent`` for the root nonterminal, which has no parent.
+NO_PARENT = "<root>"
+
+
+@dataclass(frozen=True)
+class FeatureSpec:
+    """Declaration of one per-token ground-truth feature.
+
+    Attributes:
+        name: Column name in datasets and key in ``Grammar.features``.
+        kind: ``"binary"``, ``"categorical"`` or ``"ordinal"``.
+        description: One line saying what the value means.
+        categories: For categorical features, the name of each integer value.
+    """
+
+    name: str
+    kind: FeatureKind
+    description: str
+    categories: tuple[str, ...] = field(default=())
+
+    def __post_init__(self) -> None:
+        if self.kind not in FEATURE_KINDS:
+            raise ValueError(f"feature {self.name!r}: kind must be one of {FEATURE_KINDS}, got {self.kind!r}")
+        if (self.kind == "categorical") != bool(self.categories):
+            raise ValueError(f"feature {self.name!r}: categories are required for, and only for, categorical features")
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "kind": self.kind, "description": self.description, "categories": list(self.categories)}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> FeatureSpec:
+        return cls(d["name"], d["kind"], d["description"], tuple(d.get("categories", ())))
+
+
+#: A feature computer: (tokens, most probable parse tree) -> one value per token.
+FeatureFn = Callable[[Sequence[str], Tree], list[int]]
+
+
+def leaf_ancestors(tree: Tree) -> list[tuple[str, ...]]:
+    """For each leaf, the labels of its ancestors from the root down to its pre-terminal."""
+    out: list[tuple[str, ...]] = []
+
+    def walk(node: Tree, path: tuple[str, ...]) -> None:
+        path = (*path, node.label())
+        for child in node:
+            if isinstance(child, Tree):
+                walk(child, path)
+            else:
+                out.append(path)
+
+    walk(tree, ())
+    return out
+
+
+def generic_feature_specs(nonterminals: Sequence[str]) -> list[FeatureSpec]:
+    """The parse-tree features every grammar has."""
+    cats = tuple(nonterminals)
+    return [
+        FeatureSpec("tree_depth", "ordinal", "number of nonterminals above the token in the most probable parse tree"),
+        FeatureSpec("preterminal", "categorical", "label of the nonterminal directly above the token", cats),
+        FeatureSpec(
+            "parent",
+            "categorical",
+            f"label of the nonterminal above the pre-terminal ({NO_PARENT} when the pre-terminal is the root)",
+            (*cats, NO_PARENT),
+        ),
+    ]
+
+
+def generic_features(tree: Tree, specs: Sequence[FeatureSpec]) -> dict[str, list[int]]:
+    """Compute the generic features (see :func:`generic_feature_specs`) from a parse tree."""
+    spec = {s.name: s for s in specs}
+    pre_index = {c: i for i, c in enumerate(spec["preterminal"].categories)}
+    parent_index = {c: i for i, c in enumerate(spec["parent"].categories)}
+    paths = leaf_ancestors(tree)
+    return {
+        "tree_depth": [len(p) for p in paths],
+        "preterminal": [pre_index[p[-1]] for p in paths],
+        "parent": [parent_index[p[-2] if len(p) > 1 else NO_PARENT] for p in paths],
+    }
