@@ -25,6 +25,9 @@ PAPER_MAX_LENGTH = 110
 PROBABILITY_TOLERANCE = 1e-3
 
 
+#: What sampling accepts as a seed: an int, or a numpy SeedSequence or Generator.
+Seed = int | np.random.SeedSequence | np.random.Generator
+
 #: An exact membership test: tokens -> grammatical?
 Recognizer = Callable[[Sequence[str]], bool]
 
@@ -124,12 +127,13 @@ class Grammar:
         return tuple(dict.fromkeys(x for p in self.pcfg.productions() for x in p.rhs() if not isinstance(x, Nonterminal)))
 
     # ------------------------------------------------------------------ sampling
-    def iter_samples(self, n: int, seed: int = 0) -> Iterator[list[str]]:
-        """Yield ``n`` sentences lazily (see :meth:`sample`)."""
+    def iter_samples(self, n: int, seed: Seed = 0) -> Iterator[list[str]]:
+        """Yield ``n`` sentences lazily (see :meth:`sample`); ``seed`` may also be a numpy
+        ``SeedSequence`` or ``Generator``."""
         _check_count(n, "n")
         return self._sampler.iter_samples(n, seed, self.max_length)
 
-    def sample(self, n: int, seed: int = 0) -> list[list[str]]:
+    def sample(self, n: int, seed: Seed = 0) -> list[list[str]]:
         """Draw ``n`` sentences (token lists) from the grammar.
 
         Seeded with its own generator (no global random state): the same seed gives the same

@@ -95,11 +95,11 @@ class CompiledSampler:
             self._heads.append(heads)
             self._tails.append(tails)
 
-    def iter_samples(
-        self, n: int, seed: int, max_length: int | None, rng: np.random.Generator | None = None
-    ) -> Iterator[list[str]]:
-        """Yield ``n`` sentences of at most ``max_length`` tokens (longer ones are redrawn)."""
-        rng = rng if rng is not None else np.random.default_rng(seed)
+    def iter_samples(self, n: int, seed, max_length: int | None) -> Iterator[list[str]]:
+        """Yield ``n`` sentences of at most ``max_length`` tokens (longer ones are redrawn).
+
+        ``seed`` is anything ``numpy.random.default_rng`` accepts (a Generator is used as is)."""
+        rng = np.random.default_rng(seed)
         limit = max_length if max_length is not None else float("inf")
         cumulative, heads, tails, start = self._cumulative, self._heads, self._tails, self._start
         uniforms: list[float] = []

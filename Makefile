@@ -1,0 +1,51 @@
+# formal-sae: `make demo` runs the main job on a built-in default, `make test` runs the checks.
+# Both create the virtual environment .venv on first use. On a machine without an NVIDIA GPU the
+# CPU build of torch is installed first (set TORCH_INDEX=https://download.pytorch.org/whl/cpu
+# where the default package index would otherwise give the CUDA build).
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.formal-sae-installed
+TORCH_VERSION ?= 2.13.0
+TORCH_INDEX ?=
+DEMO_OUT ?= runs/demo
+export NO_MKDOCS_2_WARNING := 1
+
+.PHONY: demo test lint docs docs-serve bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	@if command -v nvidia-smi >/dev/null 2>&1; then \
+		echo "NVIDIA GPU found: installing torch with CUDA"; \
+		$(BIN)/python -m pip install --quiet "torch==$(TORCH_VERSION)"; \
+	else \
+		echo "no GPU: installing the CPU build of torch"; \
+		$(BIN)/python -m pip install --quiet "torch==$(TORCH_VERSION)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)); \
+	fi
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/formal-sae generate dyck2 --out $(DEMO_OUT)/dyck2 --n-train 20000 --n-validation 2000 --n-test 2000 --seed 0 --overwrite
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+test: lint
+	$(BIN)/python -m pytest -q -n 2
+	$(BIN)/mkdocs build --strict --quiet --site-dir site
+
+docs: $(STAMP)
+	$(BIN)/mkdocs build --strict --site-dir site
+
+docs-serve: $(STAMP)
+	$(BIN)/mkdocs serve
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/bench_grammars.py
+
+clean:
+	rm -rf site runs .pytest_cache .ruff_cache

@@ -1,0 +1,84 @@
+"""The ``formal-sae`` command line. It only calls the public API of :mod:`formal_sae`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+
+import formal_sae
+from formal_sae.errors import FormalSAEError
+
+Command = Callable[[argparse.Namespace], None]
+
+
+def _grammars(args: argparse.Namespace) -> None:
+    names = formal_sae.list_grammars()
+    width = max(map(len, names))
+    for name in names:
+        g = formal_sae.load_grammar(name)
+        print(
+            f"{name:<{width}}  {g.description} (vocabulary {len(g.terminals)}, expected length {g.expected_length:.1f} before the length limit)"
+        )
+
+
+def _generate(args: argparse.Namespace) -> None:
+    grammar = formal_sae.load_grammar(args.grammar, max_length=args.max_length)
+    ds = formal_sae.generate_dataset(
+        grammar,
+        args.out,
+        n_train=args.n_train,
+        n_validation=args.n_validation,
+        n_test=args.n_test,
+        seed=args.seed,
+        prompt_format=args.prompt_format,
+        overwrite=args.overwrite,
+    )
+    meta = formal_sae.dataset_metadata(ds)
+    print(f"wrote {args.out}: grammar {grammar.name}, seed {args.seed}, prompt {args.prompt_format}")
+    for split, stats in meta.length_stats.items():
+        print(
+            f"  {split:<10} {meta.splits[split]:>9} sentences  length mean {stats['mean']:.2f}"
+            f"  min {stats['min']}  median {stats['median']:g}  max {stats['max']}"
+        )
+    print(f"  features: {', '.join(s.name for s in meta.feature_specs)}")
+
+
+def _add_generate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("generate", help="sample a grammar into a Hugging Face dataset directory")
+    p.add_argument("grammar", help="registry name (see `formal-sae grammars`) or path of a PCFG text file")
+    p.add_argument("--out", required=True, help="output directory (datasets.load_from_disk opens it)")
+    p.add_argument("--n-train", type=int, default=10_000)
+    p.add_argument("--n-validation", type=int, default=1_000)
+    p.add_argument("--n-test", type=int, default=1_000)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--prompt-format", choices=["bos", "paper"], default="bos")
+    p.add_argument("--max-length", type=int, default=formal_sae.PAPER_MAX_LENGTH, help="reject longer sentences")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
+    p.set_defaults(func=_generate)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="formal-sae", description="Sparse autoencoders on formal languages, with ground truth.")
+    parser.add_argument("--version", action="version", version=f"formal-sae {formal_sae.__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("grammars", help="list the built-in grammars").set_defaults(func=_grammars)
+    _add_generate(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except FormalSAEError as e:
+        print(f"formal-sae {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"formal-sae {args.command}: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
