@@ -155,8 +155,16 @@ def _features_schema(grammar: Grammar) -> datasets.Features:
     return datasets.Features(cols)
 
 
-def _rows(grammar_text: str, grammar_name: str, max_length: int | None, n: int, seed_seq: np.random.SeedSequence,
-          prompt: Sequence[int], eos: int, vocab: dict[str, int]) -> Iterator[dict]:  # fmt: skip
+def _rows(
+    grammar_text: str,
+    grammar_name: str,
+    max_length: int | None,
+    n: int,
+    seed_seq: np.random.SeedSequence,
+    prompt: Sequence[int],
+    eos: int,
+    vocab: dict[str, int],
+) -> Iterator[dict]:
     """Rows of one split (a generator, so ``Dataset.from_generator`` writes them in batches)."""
     metadata = DatasetMetadata(grammar_name, grammar_text, max_length, "", [], 0, {}, [])
     grammar = grammar_of(metadata)
@@ -259,7 +267,7 @@ def build_dataset(
                     "prompt": prompt_ids(tokenizer, prompt_format),
                     "eos": tokenizer.eos_token_id,
                     "vocab": vocab,
-                },  # fmt: skip
+                },
                 split=name,
                 keep_in_memory=own_cache,  # the temporary Arrow files are deleted below
             )
