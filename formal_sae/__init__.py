@@ -19,6 +19,7 @@ from formal_sae.data import (
     save_dataset,
 )
 from formal_sae.errors import DatasetError, FormalSAEError, GrammarError, ModelError, SAEError
+from formal_sae.generation import ValidityResult, evaluate_validity, sample_sequences
 from formal_sae.grammars import (
     IGNORE_VALUE,
     PAPER_MAX_LENGTH,
@@ -30,6 +31,8 @@ from formal_sae.grammars import (
     list_grammars,
     load_grammar,
 )
+from formal_sae.models import PRESETS, ModelConfig, build_model, load_model, model_grammar, save_model
+from formal_sae.training import TrainConfig, train_model
 
 __version__ = "0.1.0"
 
@@ -37,28 +40,39 @@ __all__ = [
     "IGNORE_VALUE",
     "PAPER_MAX_LENGTH",
     "PAPER_PROMPT",
+    "PRESETS",
     "DatasetError",
     "DatasetMetadata",
     "FeatureSpec",
     "FormalSAEError",
     "Grammar",
     "GrammarError",
+    "ModelConfig",
     "ModelError",
     "SAEError",
+    "TrainConfig",
+    "ValidityResult",
     "__version__",
     "build_dataset",
+    "build_model",
     "build_tokenizer",
     "dataset_metadata",
     "dyck_grammar",
     "english_grammar",
+    "evaluate_validity",
     "expr_grammar",
     "generate_dataset",
     "grammar_of",
     "list_grammars",
     "load_dataset_dir",
     "load_grammar",
+    "load_model",
     "load_tokenizer",
+    "model_grammar",
     "prompt_ids",
     "push_dataset_to_hub",
+    "sample_sequences",
     "save_dataset",
+    "save_model",
+    "train_model",
 ]

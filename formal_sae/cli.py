@@ -58,12 +58,50 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_generate)
 
 
+def _train_model(args: argparse.Namespace) -> None:
+    dataset = formal_sae.load_dataset_dir(args.data)
+    config = formal_sae.ModelConfig.from_preset(args.preset, seed=args.seed)
+    train = formal_sae.TrainConfig(
+        steps=args.steps,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        seed=args.seed,
+        device=args.device,
+        eval_every=args.eval_every,
+        checkpoint_every=args.checkpoint_every,
+    )
+    model = formal_sae.train_model(dataset, config, train, out_dir=args.out, resume=args.resume)
+    m = model.formal_sae_metrics
+    print(
+        f"wrote {args.out}: {m['grammar']} / {m['preset']}, {m['steps']} steps, val loss {m['val_loss']:.4f}, "
+        f"validity {m['validity']:.3f} ± {m['validity_std']:.3f}"
+    )
+
+
+def _add_train_model(sub: argparse._SubParsersAction) -> None:
+    defaults = formal_sae.TrainConfig()
+    p = sub.add_parser("train-model", help="train a HookedTransformer on a dataset directory")
+    p.add_argument("--data", required=True, help="dataset directory from `formal-sae generate`")
+    p.add_argument("--out", required=True, help="model directory (config.json, model.safetensors, tokenizer/, metrics.json)")
+    p.add_argument("--preset", default="small", help=f"model preset: {', '.join(formal_sae.PRESETS)}")
+    p.add_argument("--steps", type=int, default=defaults.steps)
+    p.add_argument("--batch-size", type=int, default=defaults.batch_size)
+    p.add_argument("--lr", type=float, default=defaults.lr)
+    p.add_argument("--seed", type=int, default=defaults.seed)
+    p.add_argument("--device", default=defaults.device, help="cpu, cuda, cuda:N or mps")
+    p.add_argument("--eval-every", type=int, default=defaults.eval_every)
+    p.add_argument("--checkpoint-every", type=int, default=defaults.checkpoint_every)
+    p.add_argument("--resume", action="store_true", help="continue the interrupted run in --out")
+    p.set_defaults(func=_train_model)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="formal-sae", description="Sparse autoencoders on formal languages, with ground truth.")
     parser.add_argument("--version", action="version", version=f"formal-sae {formal_sae.__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("grammars", help="list the built-in grammars").set_defaults(func=_grammars)
     _add_generate(sub)
+    _add_train_model(sub)
     return parser
 
 

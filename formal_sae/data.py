@@ -254,6 +254,11 @@ def build_dataset(
     try:
         splits = {}
         for (name, n), split_seed in zip(counts.items(), seeds, strict=True):
+            if n == 0:  # from_generator cannot make an empty split ("corresponds to no data")
+                splits[name] = datasets.Dataset.from_dict(
+                    {col: [] for col in schema}, features=schema, split=datasets.NamedSplit(name)
+                )
+                continue
             splits[name] = datasets.Dataset.from_generator(
                 _rows,
                 features=schema,
@@ -264,7 +269,8 @@ def build_dataset(
                     "max_length": grammar.max_length,
                     "n": int(n),
                     "seed_seq": split_seed,
-                    "prompt": prompt_ids(tokenizer, prompt_format),
+                    # a tuple, not a list: from_generator shards list-valued gen_kwargs (one shard per element)
+                    "prompt": tuple(prompt_ids(tokenizer, prompt_format)),
                     "eos": tokenizer.eos_token_id,
                     "vocab": vocab,
                 },
@@ -288,7 +294,8 @@ def save_dataset(dataset: datasets.DatasetDict, out: str | os.PathLike, overwrit
     """
     metadata = dataset_metadata(dataset)
     with atomic_directory(out, overwrite) as tmp:
-        dataset.save_to_disk(str(tmp))
+        # an empty split saved with the default shard count has no Arrow file and cannot be reloaded
+        dataset.save_to_disk(str(tmp), num_shards={name: 1 if len(split) == 0 else None for name, split in dataset.items()})
         build_tokenizer(grammar_of(metadata), tmp / TOKENIZER_DIR)
         atomic_write_text(tmp / CARD_FILE, dataset_card(metadata))
     return Path(out)

@@ -70,6 +70,12 @@ class Grammar:
         if max_length is not None and max_length < 1:
             raise GrammarError(f"max_length must be a positive number of tokens or None, got {max_length}")
         _validate(pcfg)
+        shortest = _shortest_length(pcfg)
+        if max_length is not None and max_length < shortest:
+            raise GrammarError(
+                f"max_length={max_length} is below the grammar's shortest sentence ({shortest} tokens), so rejection "
+                f"sampling would never stop; use max_length >= {shortest} or None"
+            )
         self.pcfg = pcfg
         self.name = name
         self.max_length = max_length
@@ -285,6 +291,21 @@ def _check_productive(pcfg: PCFG) -> None:
                 grew = True
     if pcfg.start() not in productive:
         raise GrammarError(f"the start symbol {pcfg.start()} never derives a finite sentence; every derivation recurses forever")
+
+
+def _shortest_length(pcfg: PCFG) -> int:
+    """Number of tokens of the shortest sentence derived with positive probability."""
+    best: dict[Nonterminal, float] = {}
+    grew = True
+    while grew:
+        grew = False
+        for p in pcfg.productions():
+            if p.prob() > 0:
+                n = sum(best.get(x, float("inf")) if isinstance(x, Nonterminal) else 1 for x in p.rhs())
+                if n < best.get(p.lhs(), float("inf")):
+                    best[p.lhs()] = n
+                    grew = True
+    return int(best[pcfg.start()])
 
 
 def _expected_length(pcfg: PCFG) -> float:

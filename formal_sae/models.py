@@ -1,0 +1,249 @@
+"""Model construction, presets, save and load: the only module that builds a TransformerLens model.
+
+Models are ``sae_lens.HookedSAETransformer`` instances (a ``HookedTransformer`` that SAEs can be
+spliced into with ``add_sae``), built from a :class:`ModelConfig`, carrying their tokenizer and
+the description of the data they were trained on. Keeping construction here means a port to
+TransformerLens 4 (``TransformerBridge.boot_native``) touches this file only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from sae_lens import HookedSAETransformer
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from transformer_lens import HookedTransformerConfig
+from transformer_lens.components import Unembed
+from transformer_lens.hook_points import HookPoint
+from transformers import PreTrainedTokenizerBase
+
+from formal_sae.data import TOKENIZER_DIR, DatasetMetadata, build_tokenizer, grammar_of, load_tokenizer
+from formal_sae.errors import ModelError
+from formal_sae.grammars import Grammar
+from formal_sae.io import read_json, write_json
+
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+
+
+@dataclass
+class ModelConfig:
+    """Architecture and initialisation of a model. Presets: :data:`PRESETS`.
+
+    Every model is a pre-LayerNorm GPT-2-style transformer with learned absolute positions and
+    exact GELU. ``biases=False`` freezes every bias TransformerLens creates at zero (the paper's
+    model has none); ``tie_embeddings`` makes the unembedding the transpose of the embedding.
+    """
+
+    preset: str = "custom"
+    n_layers: int = 2
+    d_model: int = 128
+    n_heads: int = 2
+    d_head: int = 64
+    d_mlp: int = 512
+    n_ctx: int = 256
+    act_fn: str = "gelu"
+    biases: bool = False
+    tie_embeddings: bool = True
+    initializer_range: float = 0.02
+    seed: int = 0
+
+    @classmethod
+    def from_preset(cls, name: str, **overrides) -> ModelConfig:
+        """A preset by name, with fields overridden (e.g. ``seed=1``)."""
+        if name not in PRESETS:
+            raise ModelError(f"unknown model preset {name!r}; choose one of {', '.join(PRESETS)}")
+        unknown = set(overrides) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise ModelError(f"unknown ModelConfig field(s) {sorted(unknown)}")
+        return dataclasses.replace(PRESETS[name], **overrides)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> ModelConfig:
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+#: Built-in presets. ``paper`` is the authors' model (PAPER.md §3.1): 2 layers, d_model 128,
+#: 2 heads of 64, d_mlp 512, context 256, no biases, tied embeddings. ``small`` is the quick-start
+#: model (a quarter of the width, trains in minutes on a CPU); ``tiny`` is for tests.
+PRESETS: dict[str, ModelConfig] = {
+    "paper": ModelConfig("paper"),
+    "small": ModelConfig("small", n_layers=2, d_model=64, n_heads=2, d_head=32, d_mlp=256, n_ctx=128),
+    "tiny": ModelConfig("tiny", n_layers=1, d_model=32, n_heads=2, d_head=16, d_mlp=64, n_ctx=128),
+}
+
+
+class TiedUnembed(Unembed):
+    """Unembedding that reuses the embedding matrix: logits = resid @ W_E^T (no bias).
+
+    ``W_U`` is a read-only view of ``embed.W_E.T``, so TransformerLens code reading
+    ``model.W_U`` keeps working and the state dict holds the matrix once.
+    """
+
+    def __init__(self, cfg: HookedTransformerConfig, embed: torch.nn.Module) -> None:
+        torch.nn.Module.__init__(self)
+        self.cfg = cfg
+        object.__setattr__(self, "_embed", embed)  # not a submodule: its parameters belong to model.embed
+        self.register_buffer("b_U", torch.zeros(cfg.d_vocab_out, dtype=cfg.dtype))
+        self.hook_in = HookPoint()
+        self.hook_out = HookPoint()
+
+    @property
+    def W_U(self) -> torch.Tensor:  # type: ignore[override]
+        return self._embed.W_E.T
+
+    def forward(self, residual: torch.Tensor) -> torch.Tensor:
+        return self.hook_out(F.linear(self.hook_in(residual), self._embed.W_E, self.b_U))
+
+
+def _hooked_config(config: ModelConfig, d_vocab: int, device: str) -> HookedTransformerConfig:
+    return HookedTransformerConfig(
+        n_layers=config.n_layers,
+        d_model=config.d_model,
+        n_heads=config.n_heads,
+        d_head=config.d_head,
+        d_mlp=config.d_mlp,
+        n_ctx=config.n_ctx,
+        d_vocab=d_vocab,
+        act_fn=config.act_fn,
+        normalization_type="LN",
+        positional_embedding_type="standard",
+        default_prepend_bos=True,
+        init_weights=True,
+        init_mode="gpt2",
+        initializer_range=config.initializer_range,
+        seed=config.seed,
+        device=device,
+    )
+
+
+def build_model(
+    config: ModelConfig,
+    tokenizer: PreTrainedTokenizerBase,
+    data: DatasetMetadata | None = None,
+    device: str = "cpu",
+) -> HookedSAETransformer:
+    """Build a freshly initialised model for a tokenizer's vocabulary.
+
+    Initialisation follows the paper: weights ~ N(0, initializer_range), the attention and MLP
+    output projections ~ N(0, initializer_range / sqrt(2 n_layers)), biases zero.
+
+    Args:
+        config: Architecture; ``config.seed`` seeds the initialisation.
+        tokenizer: The dataset's tokenizer (``model.to_tokens`` etc. use it).
+        data: Metadata of the training dataset (grammar, prompt); stored with the model.
+        device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"mps"``.
+    """
+    device = resolve_device(device)
+    with warnings.catch_warnings():  # TL 3 warns that HookedTransformer goes away in TL 4; see module docstring
+        warnings.simplefilter("ignore", DeprecationWarning)
+        model = HookedSAETransformer(_hooked_config(config, len(tokenizer), device), tokenizer=tokenizer, move_to_device=False)
+    with torch.no_grad():
+        std = config.initializer_range / (2 * config.n_layers) ** 0.5
+        for block in model.blocks:
+            block.attn.W_O.normal_(0.0, std)
+            block.mlp.W_out.normal_(0.0, std)
+    if config.tie_embeddings:
+        model.unembed = TiedUnembed(model.cfg, model.embed)
+        model.setup()  # re-register hook points after replacing a module
+    if not config.biases:
+        for name, param in model.named_parameters():
+            if name.rsplit(".", 1)[-1].startswith("b"):
+                param.data.zero_()
+                param.requires_grad_(False)
+    model.formal_sae_config = config
+    model.formal_sae_data = data
+    return model.to(device, print_details=False)
+
+
+def resolve_device(device: str | torch.device | None) -> str:
+    """Validate a device string, with a clear error for unknown or unavailable devices."""
+    device = str(device or "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise ModelError(f"unknown device {device!r}; use 'cpu', 'cuda', 'cuda:N' or 'mps'") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ModelError(f"device {device!r} requested but CUDA is not available on this machine; use --device cpu")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ModelError(f"device {device!r} requested but MPS is not available; use --device cpu")
+    if dev.type not in ("cpu", "cuda", "mps"):
+        raise ModelError(f"unsupported device {device!r}; use 'cpu', 'cuda', 'cuda:N' or 'mps'")
+    return device
+
+
+def model_grammar(model: HookedSAETransformer) -> Grammar:
+    """The grammar a formal-sae model was trained on."""
+    data = getattr(model, "formal_sae_data", None)
+    if data is None:
+        raise ModelError("this model carries no formal-sae training metadata; pass the grammar explicitly")
+    return grammar_of(data)
+
+
+def model_state(model: HookedSAETransformer) -> dict[str, torch.Tensor]:
+    """The trainable state of a model as contiguous tensors (TransformerLens buffers excluded)."""
+    return {k: v.detach().contiguous() for k, v in model.state_dict().items() if not k.endswith((".IGNORE", ".mask"))}
+
+
+def save_model(model: HookedSAETransformer, directory: str | os.PathLike) -> Path:
+    """Write ``config.json`` (ModelConfig + training-data metadata), ``model.safetensors`` and the
+    tokenizer (``tokenizer/``). Files are replaced atomically; other files in the directory stay."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    config: ModelConfig = model.formal_sae_config
+    data: DatasetMetadata | None = model.formal_sae_data
+    tmp = directory / f".{WEIGHTS_FILE}.tmp"
+    save_file(model_state(model), str(tmp), metadata={"format": "pt", "preset": config.preset})
+    os.replace(tmp, directory / WEIGHTS_FILE)
+    if data is not None:
+        build_tokenizer(grammar_of(data), directory / TOKENIZER_DIR)
+    else:
+        model.tokenizer.save_pretrained(str(directory / TOKENIZER_DIR))
+    write_json(
+        directory / CONFIG_FILE,
+        {"model": config.to_dict(), "d_vocab": model.cfg.d_vocab, "data": None if data is None else data.__dict__},
+    )
+    return directory
+
+
+def load_model(directory: str | os.PathLike, device: str = "cpu") -> HookedSAETransformer:
+    """Load a model saved by :func:`save_model` (or by training) with its tokenizer."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise ModelError(f"model directory {directory} does not exist; train one with `formal-sae train-model`")
+    saved = read_json(directory / CONFIG_FILE, what="model config")
+    try:
+        config = ModelConfig.from_dict(saved["model"])
+        data = DatasetMetadata(**saved["data"]) if saved.get("data") else None
+    except (KeyError, TypeError) as e:
+        raise ModelError(f"model config {directory / CONFIG_FILE} is corrupt ({e}); retrain or restore it") from None
+    tokenizer = load_tokenizer(directory / TOKENIZER_DIR)
+    model = build_model(config, tokenizer, data, device=device)
+    load_weights(model, directory / WEIGHTS_FILE)
+    return model
+
+
+def load_weights(model: HookedSAETransformer, path: str | os.PathLike) -> None:
+    """Load a safetensors state dict into ``model``, naming the file if it is missing or broken."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModelError(f"weights file {path} is missing")
+    try:
+        state = load_file(str(path), device=str(model.cfg.device))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise ModelError(f"weights file {path} is corrupt ({e}); retrain or restore it") from None
+    expected = model_state(model)
+    if set(state) != set(expected) or any(state[k].shape != expected[k].shape for k in expected):
+        raise ModelError(f"weights file {path} does not match the model config next to it (different tensors or shapes)")
+    model.load_state_dict(state, strict=False)
