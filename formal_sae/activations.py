@@ -1,0 +1,152 @@
+"""Model activations at sentence tokens, in bounded batches, aligned with their dataset rows.
+
+SAELens's ``ActivationsStore`` packs and shuffles sequences, which loses the link between an
+activation and its token's ground-truth features, and it trains on padding and prompt tokens.
+This module runs the model over a dataset split in length-sorted batches and keeps only the
+sentence tokens (no prompt, no ``<eos>``, no padding), recording for each activation the dataset
+row and position it came from. SAE training, evaluation and the analysis all read from here.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import datasets
+import numpy as np
+import torch
+from transformer_lens import HookedTransformer
+
+from formal_sae.data import DatasetMetadata, dataset_metadata
+from formal_sae.errors import DatasetError, SAEError
+
+DEFAULT_HOOK = "blocks.0.hook_resid_post"  # the paper's "res0"
+
+
+def check_hook(model: HookedTransformer, hook_name: str) -> None:
+    """Raise an SAEError listing the model's hook points if ``hook_name`` is not one of them."""
+    if hook_name not in model.hook_dict:
+        names = [n for n in model.hook_dict if not n.startswith(("blocks.0.attn.hook_rot", "hook_tokens"))]
+        raise SAEError(f"the model has no hook point {hook_name!r}; valid hook names are: {', '.join(names)}")
+
+
+def stop_layer(hook_name: str) -> int | None:
+    """The layer after which a forward pass can stop and still reach ``hook_name``."""
+    m = re.match(r"blocks\.(\d+)\.", hook_name)
+    return int(m.group(1)) + 1 if m else None
+
+
+@torch.no_grad()
+def hook_width(model: HookedTransformer, hook_name: str) -> int:
+    """Size of one token's activation at ``hook_name`` (trailing dimensions flattened)."""
+    check_hook(model, hook_name)
+    tokens = torch.tensor([[model.tokenizer.bos_token_id]], device=model.cfg.device)
+    _, cache = model.run_with_cache(tokens, names_filter=hook_name, stop_at_layer=stop_layer(hook_name))
+    return int(np.prod(cache[hook_name].shape[2:]))
+
+
+@dataclass
+class SentenceBatch:
+    """Activations of the sentence tokens of some dataset rows.
+
+    Attributes:
+        acts: ``[n_tokens, d]`` float32 activations.
+        rows: ``[n_tokens]`` dataset row of each token.
+        positions: ``[n_tokens]`` position of each token in its row's ``input_ids``.
+        tokens: ``[batch, pos]`` the padded token batch that was run.
+        mask: ``[batch, pos]`` True at sentence-token positions (``acts`` is ``act[mask]``).
+        batch_rows: ``[batch]`` dataset row of each sequence in ``tokens``.
+    """
+
+    acts: torch.Tensor
+    rows: np.ndarray
+    positions: np.ndarray
+    tokens: torch.Tensor
+    mask: torch.Tensor
+    batch_rows: np.ndarray
+
+
+def sentence_mask(lengths: torch.Tensor, prompt_length: int, width: int) -> torch.Tensor:
+    """``[batch, width]`` mask of sentence-token positions (after the prompt, before ``<eos>``)."""
+    pos = torch.arange(width)
+    return (pos >= prompt_length) & (pos < prompt_length + lengths[:, None])
+
+
+def padded_batch(input_ids: list[list[int]], pad_id: int) -> torch.Tensor:
+    width = max(map(len, input_ids))
+    out = torch.full((len(input_ids), width), pad_id, dtype=torch.long)
+    for i, seq in enumerate(input_ids):
+        out[i, : len(seq)] = torch.tensor(seq)
+    return out
+
+
+def iter_sentence_batches(
+    model: HookedTransformer,
+    split: datasets.Dataset,
+    hook_name: str = DEFAULT_HOOK,
+    batch_size: int = 256,
+    max_sentences: int | None = None,
+) -> Iterator[SentenceBatch]:
+    """Run ``model`` over ``split`` and yield sentence-token activations, batch by batch.
+
+    Rows are taken in dataset order (i.i.d. samples, so any prefix is an unbiased sample) in
+    pools of 16 batches; each pool is sorted by length so that batches carry little padding.
+    """
+    check_hook(model, hook_name)
+    if len(split) == 0:
+        raise DatasetError("the dataset split is empty; generate it with more sentences")
+    meta: DatasetMetadata = dataset_metadata(split)
+    n = len(split) if max_sentences is None else min(len(split), max_sentences)
+    input_ids = split.data.column("input_ids").to_pylist()[:n]
+    lengths = np.asarray(split.data.column("length").to_pylist()[:n])
+    pool = 16 * batch_size
+    order = np.concatenate([start + np.argsort(lengths[start : start + pool], kind="stable") for start in range(0, n, pool)])
+    vocab = model.cfg.d_vocab
+    for start in range(0, n, batch_size):
+        rows = order[start : start + batch_size]
+        tokens = padded_batch([input_ids[i] for i in rows], model.tokenizer.pad_token_id)
+        if int(tokens.max()) >= vocab:
+            raise DatasetError(
+                f"the dataset uses token id {int(tokens.max())} but the model's vocabulary has {vocab} tokens: dataset and model do not match"
+            )
+        if tokens.shape[1] > model.cfg.n_ctx:
+            raise DatasetError(f"sequences of {tokens.shape[1]} tokens exceed the model's context of {model.cfg.n_ctx}")
+        mask = sentence_mask(torch.as_tensor(lengths[rows]), meta.prompt_length, tokens.shape[1])
+        _, cache = model.run_with_cache(tokens.to(model.cfg.device), names_filter=hook_name, stop_at_layer=stop_layer(hook_name))
+        act = cache[hook_name]
+        act = act.reshape(*act.shape[:2], -1).float().cpu()
+        batch_idx, pos_idx = mask.nonzero(as_tuple=True)
+        yield SentenceBatch(
+            acts=act[mask],
+            rows=rows[batch_idx.numpy()],
+            positions=pos_idx.numpy(),
+            tokens=tokens,
+            mask=mask,
+            batch_rows=rows,
+        )
+
+
+@torch.no_grad()
+def collect_activations(
+    model: HookedTransformer,
+    split: datasets.Dataset,
+    hook_name: str = DEFAULT_HOOK,
+    max_tokens: int | None = None,
+    batch_size: int = 256,
+    progress: bool = False,
+) -> torch.Tensor:
+    """``[n_tokens, d]`` activations of the sentence tokens of ``split`` (up to ``max_tokens``)."""
+    from tqdm.auto import tqdm
+
+    chunks, total = [], 0
+    bar = tqdm(total=max_tokens or None, disable=not progress, desc="activations", unit="tok")
+    for batch in iter_sentence_batches(model, split, hook_name, batch_size):
+        chunks.append(batch.acts)
+        total += len(batch.acts)
+        bar.update(len(batch.acts))
+        if max_tokens is not None and total >= max_tokens:
+            break
+    bar.close()
+    acts = torch.cat(chunks)
+    return acts[:max_tokens] if max_tokens is not None else acts

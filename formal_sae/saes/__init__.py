@@ -1,0 +1,9 @@
+"""SAEs: SAELens training on formal-sae models, the paper's variants, evaluation and sweeps.
+
+Importing this package registers the paper's architecture (``formal_paper``) with SAELens.
+"""
+
+from formal_sae.saes import paper
+from formal_sae.saes.training import PAPER, SAETrainConfig, architectures, build_training_sae, load_sae, train_sae
+
+__all__ = ["PAPER", "SAETrainConfig", "architectures", "build_training_sae", "load_sae", "paper", "train_sae"]

@@ -1,0 +1,250 @@
+"""The paper's SAE (PAPER.md §4.2-4.3) as a SAELens architecture, ``"formal_paper"``.
+
+Forward pass, with every inductive bias the paper sweeps as a switch:
+
+1. ``normalize_input``: ``x <- x / ||x||`` per token (the target is the normalised x);
+2. ``pre_bias``: subtract a learned pre-encoder bias (SAELens's ``b_dec`` with
+   ``apply_b_dec_to_input``), and only then is there an encoder bias ``b_enc``;
+3. ``ReLU(x W_enc + b_enc)``, then TopK if ``k`` is set;
+4. decode with unit-norm decoder rows if ``normalize_decoder`` (``W_dec / (||row|| + 1e-8)``),
+   add the pre-bias back;
+5. ``normalize_recon``: ``recon <- recon / (||recon|| + 1e-8)``.
+
+Loss: ``mean_{tokens, dims} (recon - x)^2 + alpha * sum_{tokens, latents} |l|`` (L1 only): the
+paper's reduction, summed over the batch, so its alpha grid means what it meant there. SAELens's
+``standard`` loss sums the squared error over dims and averages the L1 over tokens, so
+``l1_coefficient_saelens ~= alpha * tokens_per_batch * d_in``.
+
+Saving: an SAE without input or reconstruction normalisation *is* a stock SAELens ``topk`` (k
+set) or ``standard`` (L1) SAE once unit-norm decoder rows are folded into ``W_dec``, and is saved
+as one, so plain SAELens loads it. Otherwise it is saved as ``"formal_paper"`` (inference class
+:class:`PaperSAE`), which needs formal-sae to be imported.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+from sae_lens import SAE, SAEConfig, StandardSAEConfig, TopKSAEConfig, TrainingSAE, TrainingSAEConfig
+from sae_lens.registry import SAE_CLASS_REGISTRY, SAE_TRAINING_CLASS_REGISTRY, register_sae_class, register_sae_training_class
+from sae_lens.saes.sae import TrainCoefficientConfig, TrainStepInput, TrainStepOutput
+from torch import nn
+
+from formal_sae.errors import SAEError
+
+ARCHITECTURE = "formal_paper"
+#: How an SAE trained on normalised inputs is spliced into the model: ``"scale_correct"``
+#: normalises the activation, reconstructs, and rescales by the original norm; ``"paper"`` feeds
+#: the raw activation, as the authors' evaluation did (PAPER.md §5.2, pitfall a).
+SpliceMode = Literal["scale_correct", "paper"]
+_EPS = 1e-8
+
+
+def _unit_rows(w: torch.Tensor) -> torch.Tensor:
+    return w / (w.norm(dim=-1, keepdim=True) + _EPS)
+
+
+def _unit_tokens(x: torch.Tensor) -> torch.Tensor:
+    return x / (x.norm(dim=-1, keepdim=True) + _EPS)
+
+
+def _topk(hidden: torch.Tensor, k: int | None) -> torch.Tensor:
+    acts = hidden.relu()
+    if k is None or k >= acts.shape[-1]:
+        return acts
+    values, indices = acts.topk(k, dim=-1, sorted=False)
+    return torch.zeros_like(acts).scatter_(-1, indices, values)
+
+
+# ------------------------------------------------------------------------------ inference
+@dataclass
+class PaperSAEConfig(SAEConfig):
+    """Inference config of a paper SAE that needs input or reconstruction normalisation."""
+
+    k: int | None = None
+    pre_bias: bool = False
+    normalize_input: bool = False
+    normalize_recon: bool = False
+    splice: str = "scale_correct"
+
+    @classmethod
+    def architecture(cls) -> str:
+        return ARCHITECTURE
+
+
+class PaperSAE(SAE[PaperSAEConfig]):
+    """Inference class of the paper SAE (decoder rows already unit-norm if they were trained so)."""
+
+    b_enc: nn.Parameter
+
+    def initialize_weights(self) -> None:
+        super().initialize_weights()
+        self.b_enc = nn.Parameter(torch.zeros(self.cfg.d_sae, dtype=self.dtype, device=self.device))
+
+    def _setup_activation_normalization(self) -> None:
+        # Per-token L2 normalisation, undone on the way out when splicing scale-correctly.
+        if self.cfg.normalize_input and self.cfg.splice == "scale_correct":
+
+            def norm_in(x: torch.Tensor) -> torch.Tensor:
+                self._x_norm = x.norm(dim=-1, keepdim=True)
+                return x / (self._x_norm + _EPS)
+
+            def norm_out(x: torch.Tensor) -> torch.Tensor:
+                return x * self._x_norm
+
+            self.run_time_activation_norm_fn_in, self.run_time_activation_norm_fn_out = norm_in, norm_out
+        else:
+            self.run_time_activation_norm_fn_in = self.run_time_activation_norm_fn_out = lambda x: x
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        hidden = self.hook_sae_acts_pre(self.process_sae_in(x) @ self.W_enc + self.b_enc)
+        return self.hook_sae_acts_post(_topk(hidden, self.cfg.k))
+
+    def decode(self, feature_acts: torch.Tensor) -> torch.Tensor:
+        recon = feature_acts @ self.W_dec + self.b_dec
+        if self.cfg.normalize_recon:
+            recon = _unit_tokens(recon)
+        recon = self.hook_sae_recons(recon)
+        return self.reshape_fn_out(self.run_time_activation_norm_fn_out(recon), self.d_head)
+
+
+# ------------------------------------------------------------------------------ training
+@dataclass
+class PaperTrainingSAEConfig(TrainingSAEConfig):
+    """Training config of the paper SAE. ``k=None`` means L1 with coefficient ``l1_coefficient``
+    (the paper's alpha, summed over the batch)."""
+
+    k: int | None = None
+    l1_coefficient: float = 0.0
+    pre_bias: bool = False
+    normalize_input: bool = False
+    normalize_decoder: bool = False
+    normalize_recon: bool = False
+    splice: str = "scale_correct"
+    decoder_init_norm: float | None = None  # the paper uses nn.Linear's default (Kaiming-uniform)
+
+    def __post_init__(self) -> None:
+        self.apply_b_dec_to_input = self.pre_bias
+        super().__post_init__()
+        if self.k is not None and not 0 < self.k <= self.d_sae:
+            raise SAEError(f"k={self.k} must be between 1 and the dictionary size d_sae={self.d_sae}")
+        if self.k is not None and self.l1_coefficient:
+            raise SAEError("a paper SAE is either TopK (k) or L1 (l1_coefficient), not both")
+        if self.splice not in ("scale_correct", "paper"):
+            raise SAEError(f"splice must be 'scale_correct' or 'paper', got {self.splice!r}")
+
+    @classmethod
+    def architecture(cls) -> str:
+        return ARCHITECTURE
+
+    @property
+    def is_stock(self) -> bool:
+        """True when the inference SAE is exactly a stock SAELens ``topk``/``standard`` SAE."""
+        return not (self.normalize_input or self.normalize_recon)
+
+    def get_inference_config_class(self) -> type[SAEConfig]:
+        if not self.is_stock:
+            return PaperSAEConfig
+        return TopKSAEConfig if self.k is not None else StandardSAEConfig
+
+    def get_inference_sae_cfg_dict(self) -> dict[str, Any]:
+        cls = self.get_inference_config_class()
+        d: dict[str, Any] = {
+            "d_in": self.d_in,
+            "d_sae": self.d_sae,
+            "dtype": self.dtype,
+            "device": self.device,
+            "apply_b_dec_to_input": self.pre_bias,
+            "normalize_activations": "none",
+            "reshape_activations": self.reshape_activations,
+            "architecture": cls.architecture(),
+            "metadata": self._metadata_with_training_info(),
+        }
+        if cls is TopKSAEConfig:
+            d.update(k=self.k, rescale_acts_by_decoder_norm=False)
+        elif cls is PaperSAEConfig:
+            d.update(
+                k=self.k,
+                pre_bias=self.pre_bias,
+                normalize_input=self.normalize_input,
+                normalize_recon=self.normalize_recon,
+                splice=self.splice,
+            )
+        return d
+
+
+class PaperTrainingSAE(TrainingSAE[PaperTrainingSAEConfig]):
+    """Training class of the paper SAE; trained by SAELens's ``SAETrainer``."""
+
+    b_enc: nn.Parameter
+
+    def initialize_weights(self) -> None:
+        # nn.Linear's default init for both matrices (the paper's encoder and decoder are untied).
+        self.W_enc = nn.Parameter(torch.empty(self.cfg.d_in, self.cfg.d_sae, dtype=self.dtype, device=self.device))
+        self.W_dec = nn.Parameter(torch.empty(self.cfg.d_sae, self.cfg.d_in, dtype=self.dtype, device=self.device))
+        nn.init.kaiming_uniform_(self.W_enc.T, a=5**0.5)
+        nn.init.kaiming_uniform_(self.W_dec.T, a=5**0.5)
+        if self.cfg.normalize_decoder:  # the paper draws the free decoder from randn
+            nn.init.normal_(self.W_dec)
+        self.b_dec = nn.Parameter(torch.zeros(self.cfg.d_in, dtype=self.dtype, device=self.device))
+        self.b_enc = nn.Parameter(torch.zeros(self.cfg.d_sae, dtype=self.dtype, device=self.device))
+        if not self.cfg.pre_bias:  # no pre-bias means no encoder bias either: both frozen at zero
+            self.b_dec.requires_grad_(False)
+            self.b_enc.requires_grad_(False)
+
+    def get_coefficients(self) -> dict[str, float | TrainCoefficientConfig]:
+        return {"l1": self.cfg.l1_coefficient} if self.cfg.k is None else {}
+
+    def decoder_matrix(self) -> torch.Tensor:
+        return _unit_rows(self.W_dec) if self.cfg.normalize_decoder else self.W_dec
+
+    def target(self, x: torch.Tensor) -> torch.Tensor:
+        """What the SAE reconstructs: the input, normalised per token if ``normalize_input``."""
+        return _unit_tokens(x) if self.cfg.normalize_input else x
+
+    def encode_with_hidden_pre(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        sae_in = self.process_sae_in(self.target(x))
+        hidden = self.hook_sae_acts_pre(sae_in @ self.W_enc + self.b_enc)
+        return self.hook_sae_acts_post(_topk(hidden, self.cfg.k)), hidden
+
+    def decode(self, feature_acts: torch.Tensor) -> torch.Tensor:
+        recon = feature_acts @ self.decoder_matrix() + self.b_dec
+        if self.cfg.normalize_recon:
+            recon = _unit_tokens(recon)
+        return self.hook_sae_recons(recon)
+
+    def calculate_aux_loss(self, step_input, feature_acts, hidden_pre, sae_out) -> dict[str, torch.Tensor]:
+        if self.cfg.k is not None:
+            return {}
+        return {"l1_loss": step_input.coefficients["l1"] * feature_acts.abs().sum()}
+
+    def training_forward_pass(self, step_input: TrainStepInput) -> TrainStepOutput:
+        feature_acts, hidden_pre = self.encode_with_hidden_pre(step_input.sae_in)
+        sae_out = self.decode(feature_acts)
+        mse = (sae_out - self.target(step_input.sae_in)).pow(2).mean()  # the paper's nn.MSELoss()
+        losses = {"mse_loss": mse, **self.calculate_aux_loss(step_input, feature_acts, hidden_pre, sae_out)}
+        return TrainStepOutput(
+            sae_in=step_input.sae_in,
+            sae_out=sae_out,
+            feature_acts=feature_acts,
+            hidden_pre=hidden_pre,
+            loss=sum(losses.values()),
+            losses=losses,
+        )
+
+    def process_state_dict_for_saving_inference(self, state_dict: dict[str, Any]) -> None:
+        if self.cfg.normalize_decoder:  # fold the unit-norm rows into the saved decoder
+            state_dict["W_dec"] = self.decoder_matrix().detach().clone()
+
+
+def register() -> None:
+    """Register ``formal_paper`` with SAELens; safe to call any number of times."""
+    if ARCHITECTURE not in SAE_CLASS_REGISTRY:
+        register_sae_class(ARCHITECTURE, PaperSAE, PaperSAEConfig)
+    if ARCHITECTURE not in SAE_TRAINING_CLASS_REGISTRY:
+        register_sae_training_class(ARCHITECTURE, PaperTrainingSAE, PaperTrainingSAEConfig)
+
+
+register()
