@@ -4,6 +4,18 @@ Importing this package registers the paper's architecture (``formal_paper``) wit
 """
 
 from formal_sae.saes import paper
+from formal_sae.saes.evaluation import check_sae_fits, evaluate_sae, with_splice
 from formal_sae.saes.training import PAPER, SAETrainConfig, architectures, build_training_sae, load_sae, train_sae
 
-__all__ = ["PAPER", "SAETrainConfig", "architectures", "build_training_sae", "load_sae", "paper", "train_sae"]
+__all__ = [
+    "PAPER",
+    "SAETrainConfig",
+    "architectures",
+    "build_training_sae",
+    "check_sae_fits",
+    "evaluate_sae",
+    "load_sae",
+    "paper",
+    "train_sae",
+    "with_splice",
+]

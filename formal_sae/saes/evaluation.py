@@ -1,0 +1,136 @@
+"""SAE metrics on a dataset split's sentence tokens, with SAELens's definitions, plus validity.
+
+* Reconstruction and sparsity (SAELens ``evals`` formulas): ``mse`` = mean over tokens of the
+  squared error summed over dimensions; ``explained_variance`` = 1 - E||x - x_hat||^2 /
+  (E||x||^2 - ||E x||^2); ``l0`` = mean number of active latents; ``dead_fraction`` = latents that
+  never fire on the split.
+* Downstream (``sae_lens.evals.get_recons_loss``, splicing the SAE at sentence tokens):
+  ``ce_loss_score`` = (CE_zero_ablation - CE_sae) / (CE_zero_ablation - CE_clean), and
+  ``kl_div_score`` = (KL_ablation - KL_sae) / KL_ablation, over next-token predictions made at
+  sentence tokens.
+* ``validity``: the paper's grammaticality of generations with the SAE spliced in at every
+  position (``formal_sae.evaluate_validity``).
+
+SAEs trained on normalised inputs can be spliced two ways (``splice``): ``"scale_correct"``
+(default: normalise, reconstruct, rescale by the activation's norm, so the SAE sees the inputs
+it was trained on) or ``"paper"`` (raw activations in, as the authors' evaluation did, which
+distorts SAEs with a pre-bias or reconstruction normalisation; PAPER.md §5.2).
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import datasets
+import torch
+from sae_lens import SAE
+from sae_lens.evals import get_recons_loss
+from sae_lens.training.activation_scaler import ActivationScaler
+
+from formal_sae.activations import check_hook, hook_width, iter_sentence_batches
+from formal_sae.data import dataset_metadata, grammar_of
+from formal_sae.errors import SAEError
+from formal_sae.generation import evaluate_validity
+
+
+def check_sae_fits(model, sae: SAE) -> str:
+    """The SAE's hook name, after checking the model has it and its width is the SAE's ``d_in``."""
+    hook = sae.cfg.metadata.hook_name
+    if not hook:
+        raise SAEError("the SAE's config has no metadata.hook_name; set sae.cfg.metadata.hook_name to the hook it reads")
+    check_hook(model, hook)
+    width = hook_width(model, hook)
+    if width != sae.cfg.d_in:
+        raise SAEError(f"the SAE has d_in={sae.cfg.d_in} but the model's {hook} has width {width}: they do not fit")
+    return hook
+
+
+def with_splice(sae: SAE, splice: str) -> SAE:
+    """A copy of ``sae`` spliced in the given mode (only SAEs with input normalisation differ)."""
+    if splice not in ("scale_correct", "paper"):
+        raise SAEError(f"splice must be 'scale_correct' or 'paper', got {splice!r}")
+    if getattr(sae.cfg, "splice", splice) == splice:
+        return sae
+    out = copy.deepcopy(sae)
+    out.cfg.splice = splice
+    out._setup_activation_normalization()
+    return out
+
+
+@torch.no_grad()
+def evaluate_sae(
+    model,
+    sae: SAE,
+    dataset: datasets.DatasetDict,
+    split: str = "test",
+    max_sentences: int | None = 2000,
+    splice: str = "scale_correct",
+    validity: bool = True,
+    n_samples: int = 128,
+    repeats: int = 5,
+    seed: int = 0,
+    batch_size: int = 128,
+) -> dict[str, Any]:
+    """All metrics of an SAE on ``dataset[split]``; see the module docstring for definitions."""
+    hook = check_sae_fits(model, sae)
+    if split not in dataset or len(dataset[split]) == 0:
+        raise SAEError(f"the dataset has no sentences in split {split!r}")
+    sae = with_splice(sae, splice)
+    sae.eval()
+    meta = dataset_metadata(dataset)
+    tok = model.tokenizer
+    grammar_ids = set(tok.convert_tokens_to_ids(list(grammar_of(meta).terminals)))
+    non_sentence = sorted(set(range(len(tok))) - grammar_ids)  # the SAE is spliced at sentence tokens only
+    n_tokens = 0
+    sq_err = sum_sq_x = l0 = 0.0
+    sum_vec = torch.zeros(sae.cfg.d_in)
+    fired = torch.zeros(sae.cfg.d_sae, dtype=torch.bool)
+    ce = {"clean": 0.0, "sae": 0.0, "ablation": 0.0}
+    kl = {"sae": 0.0, "ablation": 0.0}
+    n_pred = 0
+    for batch in iter_sentence_batches(model, dataset[split], hook, batch_size, max_sentences):
+        x = batch.acts.to(sae.device)
+        feats = sae.encode(x)
+        recon = sae.decode(feats)
+        n_tokens += len(x)
+        sq_err += float((recon - x).pow(2).sum())
+        sum_sq_x += float(x.pow(2).sum())
+        sum_vec += x.sum(0).cpu()
+        l0 += float((feats > 0).sum())
+        fired |= (feats > 0).any(0).cpu()
+        r = get_recons_loss(
+            sae, model, ActivationScaler(), batch.tokens.to(model.cfg.device), compute_kl=True, compute_ce_loss=True,
+            ignore_tokens=non_sentence, hook_name=hook,
+        )  # fmt: skip
+        pred_mask = batch.mask[:, :-1]  # predictions made at sentence tokens (targets: next token or <eos>)
+        n_pred += int(pred_mask.sum())
+        ce["clean"] += float(r["ce_loss_without_sae"].cpu()[pred_mask].sum())
+        ce["sae"] += float(r["ce_loss_with_sae"].cpu()[pred_mask].sum())
+        ce["ablation"] += float(r["ce_loss_with_ablation"].cpu()[pred_mask].sum())
+        kl["sae"] += float(r["kl_div_with_sae"].cpu()[batch.mask].sum())
+        kl["ablation"] += float(r["kl_div_with_ablation"].cpu()[batch.mask].sum())
+    total_var = sum_sq_x / n_tokens - float((sum_vec / n_tokens).pow(2).sum())
+    ce = {k: v / n_pred for k, v in ce.items()}
+    kl = {k: v / n_tokens for k, v in kl.items()}
+    metrics: dict[str, Any] = {
+        "hook_name": hook,
+        "architecture": sae.cfg.architecture(),
+        "d_sae": sae.cfg.d_sae,
+        "splice": splice,
+        "n_tokens": n_tokens,
+        "mse": sq_err / n_tokens,
+        "explained_variance": 1 - (sq_err / n_tokens) / total_var,
+        "l0": l0 / n_tokens,
+        "dead_fraction": float((~fired).float().mean()),
+        "ce_loss_clean": ce["clean"],
+        "ce_loss_with_sae": ce["sae"],
+        "ce_loss_with_ablation": ce["ablation"],
+        "ce_loss_score": (ce["ablation"] - ce["sae"]) / (ce["ablation"] - ce["clean"]),
+        "kl_div_with_sae": kl["sae"],
+        "kl_div_score": (kl["ablation"] - kl["sae"]) / kl["ablation"],
+    }
+    if validity:
+        v = evaluate_validity(model, n_samples=n_samples, repeats=repeats, seed=seed, saes=[sae])
+        metrics.update(validity=v.validity, validity_std=v.validity_std, validity_failures=v.failures)
+    return metrics
