@@ -32,6 +32,8 @@ from formal_sae.grammars import (
     load_grammar,
 )
 from formal_sae.models import PRESETS, ModelConfig, build_model, load_model, model_grammar, save_model
+from formal_sae.saes import SAETrainConfig, evaluate_sae, load_sae, train_sae
+from formal_sae.saes import architectures as sae_architectures
 from formal_sae.training import TrainConfig, train_model
 
 __version__ = "0.1.0"
@@ -50,6 +52,7 @@ __all__ = [
     "ModelConfig",
     "ModelError",
     "SAEError",
+    "SAETrainConfig",
     "TrainConfig",
     "ValidityResult",
     "__version__",
@@ -59,6 +62,7 @@ __all__ = [
     "dataset_metadata",
     "dyck_grammar",
     "english_grammar",
+    "evaluate_sae",
     "evaluate_validity",
     "expr_grammar",
     "generate_dataset",
@@ -67,12 +71,15 @@ __all__ = [
     "load_dataset_dir",
     "load_grammar",
     "load_model",
+    "load_sae",
     "load_tokenizer",
     "model_grammar",
     "prompt_ids",
     "push_dataset_to_hub",
+    "sae_architectures",
     "sample_sequences",
     "save_dataset",
     "save_model",
     "train_model",
+    "train_sae",
 ]

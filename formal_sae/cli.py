@@ -95,6 +95,69 @@ def _add_train_model(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_train_model)
 
 
+def _train_sae(args: argparse.Namespace) -> None:
+    from formal_sae.io import write_json
+
+    model = formal_sae.load_model(args.model, device=args.device)
+    dataset = formal_sae.load_dataset_dir(args.data)
+    config = formal_sae.SAETrainConfig(
+        architecture=args.architecture,
+        hook_name=args.hook,
+        expansion_factor=args.expansion,
+        k=args.k,
+        l1_coefficient=args.l1,
+        l0_coefficient=args.l0,
+        pre_bias=args.pre_bias,
+        normalize_input=args.normalize_input,
+        normalize_decoder=args.normalize_decoder,
+        normalize_recon=args.normalize_recon,
+        splice=args.splice,
+        training_tokens=args.training_tokens,
+        batch_size_tokens=args.batch_size_tokens,
+        lr=args.lr,
+        seed=args.seed,
+        device=args.device,
+    )
+    sae = formal_sae.train_sae(model, dataset, config, out_dir=args.out)
+    metrics = formal_sae.evaluate_sae(
+        model, sae, dataset, split="test", splice=args.splice, n_samples=args.n_samples, repeats=args.repeats
+    )
+    metrics["train_seconds"] = sae.formal_sae_train_seconds
+    write_json(f"{args.out}/metrics.json", metrics)
+    print(
+        f"wrote {args.out}: {metrics['architecture']} d_sae {metrics['d_sae']} at {metrics['hook_name']}: "
+        f"explained variance {metrics['explained_variance']:.3f}, L0 {metrics['l0']:.1f}, "
+        f"CE score {metrics['ce_loss_score']:.3f}, validity {metrics['validity']:.3f} ± {metrics['validity_std']:.3f}"
+    )
+
+
+def _add_train_sae(sub: argparse._SubParsersAction) -> None:
+    d = formal_sae.SAETrainConfig()
+    p = sub.add_parser("train-sae", help="train an SAE with SAELens on a model's activations")
+    p.add_argument("--model", required=True, help="model directory from `formal-sae train-model`")
+    p.add_argument("--data", required=True, help="the model's dataset directory")
+    p.add_argument("--out", required=True, help="SAE directory (SAELens format + metrics.json)")
+    p.add_argument("--hook", default=d.hook_name, help="hook point (default: the paper's res0)")
+    p.add_argument("--architecture", default=d.architecture, help=f"one of: {', '.join(formal_sae.sae_architectures())}")
+    p.add_argument("--expansion", type=int, default=d.expansion_factor, help="d_sae = d_in x expansion")
+    p.add_argument("--k", type=int, help="active latents (topk, batchtopk, matryoshka_batchtopk, paper TopK)")
+    p.add_argument("--l1", type=float, help="L1 coefficient (standard, gated; for paper: the paper's sum-reduced alpha)")
+    p.add_argument("--l0", type=float, help="L0 coefficient (jumprelu)")
+    p.add_argument("--pre-bias", action="store_true", help="paper variant: tied pre-encoder bias (and an encoder bias)")
+    p.add_argument("--normalize-input", action="store_true", help="paper variant: unit-norm inputs per token")
+    p.add_argument("--normalize-decoder", action="store_true", help="paper variant: unit-norm decoder rows")
+    p.add_argument("--normalize-recon", action="store_true", help="paper variant: unit-norm reconstructions")
+    p.add_argument("--splice", choices=["scale_correct", "paper"], default=d.splice, help="how to splice a normalised SAE in")
+    p.add_argument("--training-tokens", type=int, default=d.training_tokens)
+    p.add_argument("--batch-size-tokens", type=int, default=d.batch_size_tokens)
+    p.add_argument("--lr", type=float, default=d.lr)
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--device", default=d.device)
+    p.add_argument("--n-samples", type=int, default=128, help="validity: samples per repeat")
+    p.add_argument("--repeats", type=int, default=5, help="validity: repeats")
+    p.set_defaults(func=_train_sae)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="formal-sae", description="Sparse autoencoders on formal languages, with ground truth.")
     parser.add_argument("--version", action="version", version=f"formal-sae {formal_sae.__version__}")
@@ -102,6 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("grammars", help="list the built-in grammars").set_defaults(func=_grammars)
     _add_generate(sub)
     _add_train_model(sub)
+    _add_train_sae(sub)
     return parser
 
 

@@ -25,7 +25,7 @@ from transformer_lens.hook_points import HookPoint
 from transformers import PreTrainedTokenizerBase
 
 from formal_sae.data import TOKENIZER_DIR, DatasetMetadata, build_tokenizer, grammar_of, load_tokenizer
-from formal_sae.errors import ModelError
+from formal_sae.errors import FormalSAEError, ModelError
 from formal_sae.grammars import Grammar
 from formal_sae.io import read_json, write_json
 
@@ -222,11 +222,14 @@ def load_model(directory: str | os.PathLike, device: str = "cpu") -> HookedSAETr
     directory = Path(directory)
     if not directory.is_dir():
         raise ModelError(f"model directory {directory} does not exist; train one with `formal-sae train-model`")
-    saved = read_json(directory / CONFIG_FILE, what="model config")
+    try:
+        saved = read_json(directory / CONFIG_FILE, what="model config")
+    except FormalSAEError as e:  # missing or not JSON: a model error, like the other broken-model cases
+        raise ModelError(str(e)) from None
     try:
         config = ModelConfig.from_dict(saved["model"])
         data = DatasetMetadata(**saved["data"]) if saved.get("data") else None
-    except (KeyError, TypeError) as e:
+    except (KeyError, TypeError, AttributeError) as e:
         raise ModelError(f"model config {directory / CONFIG_FILE} is corrupt ({e}); retrain or restore it") from None
     tokenizer = load_tokenizer(directory / TOKENIZER_DIR)
     model = build_model(config, tokenizer, data, device=device)

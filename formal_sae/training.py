@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from formal_sae.data import DatasetMetadata, build_tokenizer, dataset_metadata, grammar_of
-from formal_sae.errors import ModelError
+from formal_sae.errors import FormalSAEError, ModelError
 from formal_sae.generation import evaluate_validity
 from formal_sae.io import read_json, write_json
 from formal_sae.models import ModelConfig, build_model, load_weights, model_state, resolve_device, save_model
@@ -166,7 +166,15 @@ def make_optimizer(model, cfg: TrainConfig) -> torch.optim.AdamW:
 
 # ----------------------------------------------------------------------------- checkpoints
 def _save_checkpoint(
-    out: Path, model, optimizer, step: int, history: list[dict], model_cfg: ModelConfig, cfg: TrainConfig, data: DatasetMetadata
+    out: Path,
+    model,
+    optimizer,
+    step: int,
+    history: list[dict],
+    model_cfg: ModelConfig,
+    cfg: TrainConfig,
+    data: DatasetMetadata,
+    running: float | None = None,
 ) -> None:
     tmp = out / f".{CHECKPOINT_DIR}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -178,6 +186,7 @@ def _save_checkpoint(
     state = {
         "step": step,
         "history": history,
+        "running_loss": running,
         "model": model_cfg.to_dict(),
         "train": cfg.to_dict(),
         "grammar_text": data.grammar_text,
@@ -196,11 +205,16 @@ def _save_checkpoint(
 
 def _load_checkpoint(
     out: Path, model, optimizer, model_cfg: ModelConfig, cfg: TrainConfig, data: DatasetMetadata
-) -> tuple[int, list[dict]]:
+) -> tuple[int, list[dict], float | None]:
     ckpt = out / CHECKPOINT_DIR
     if not ckpt.is_dir():
         raise ModelError(f"nothing to resume: {ckpt} does not exist; start the run without --resume")
-    state = read_json(ckpt / "state.json", what="checkpoint state")
+    try:
+        state = read_json(ckpt / "state.json", what="checkpoint state")
+    except FormalSAEError as e:  # missing or not JSON
+        raise ModelError(f"{e}; delete {ckpt} to restart") from None
+    if not isinstance(state, dict) or not isinstance(state.get("step"), int) or not isinstance(state.get("history"), list):
+        raise ModelError(f"checkpoint state {ckpt / 'state.json'} is corrupt (no step or history); delete {ckpt} to restart")
     if state.get("grammar_text") != data.grammar_text:
         raise ModelError(
             f"cannot resume {out}: its checkpoint was trained on another grammar than this dataset's {data.grammar!r}"
@@ -220,7 +234,7 @@ def _load_checkpoint(
         optimizer.load_state_dict(torch.load(opt_path, map_location=model.cfg.device, weights_only=True))
     except Exception as e:  # torch raises several types for a truncated or foreign file
         raise ModelError(f"checkpoint file {opt_path} is corrupt ({type(e).__name__}); delete {ckpt} to restart") from None
-    return int(state["step"]), list(state["history"])
+    return int(state["step"]), list(state["history"]), state.get("running_loss")
 
 
 # ----------------------------------------------------------------------------- plotting
@@ -300,13 +314,13 @@ def train_model(
     torch.manual_seed(config.seed)
     model = build_model(config, tokenizer, meta, device=train.device)
     optimizer = make_optimizer(model, train)
-    start, history = 0, []
+    start, history, running = 0, [], None
     if out is not None and out.exists() and not resume and (out / CHECKPOINT_DIR).exists():
         raise ModelError(
             f"{out} holds a checkpoint of another run; pass resume=True (--resume) to continue it or choose a new output directory"
         )
     if resume:
-        start, history = _load_checkpoint(out, model, optimizer, config, train, meta)
+        start, history, running = _load_checkpoint(out, model, optimizer, config, train, meta)
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         write_json(out / TRAIN_CONFIG_FILE, {"model": config.to_dict(), "train": train.to_dict(), "data": meta.__dict__})
@@ -315,7 +329,7 @@ def train_model(
     batches = LengthBatches(lengths, train.batch_size, train.pool_batches, train.seed)
     pad_id = tokenizer.pad_token_id
     bar = tqdm(total=train.steps, initial=start, disable=not progress, desc="train", dynamic_ncols=True)
-    running, real_tokens, t0 = None, 0, time.perf_counter()
+    real_tokens, t0 = 0, time.perf_counter()
     last = history[-1] if history else {}
     model.train()
     for step in range(start, train.steps):
@@ -345,7 +359,7 @@ def train_model(
             history.append(last)
             model.train()
         if out is not None and (done % train.checkpoint_every == 0) and done < train.steps:
-            _save_checkpoint(out, model, optimizer, done, history, config, train, meta)
+            _save_checkpoint(out, model, optimizer, done, history, config, train, meta, running)
         bar.set_postfix(
             loss=f"{running:.3f}",
             val=f"{last.get('val_loss', float('nan')):.3f}",

@@ -64,7 +64,7 @@ class SAETrainConfig:
     splice: str = "scale_correct"
     training_tokens: int = 200_000
     batch_size_tokens: int = 1024
-    lr: float = 3e-4
+    lr: float = 3e-3  # tiny models, short runs: 3e-4 (usual for LLMs) leaves explained variance near 0 here
     lr_warm_up_steps: int = 0
     adam_beta1: float = 0.9
     adam_beta2: float = 0.999
