@@ -4,6 +4,7 @@ The public API, following the data: grammars -> datasets -> models -> SAEs -> an
 interventions.
 """
 
+from formal_sae.analysis import AnalysisReport, analyze
 from formal_sae.data import (
     PAPER_PROMPT,
     DatasetMetadata,
@@ -43,6 +44,7 @@ __all__ = [
     "PAPER_MAX_LENGTH",
     "PAPER_PROMPT",
     "PRESETS",
+    "AnalysisReport",
     "DatasetError",
     "DatasetMetadata",
     "FeatureSpec",
@@ -56,6 +58,7 @@ __all__ = [
     "TrainConfig",
     "ValidityResult",
     "__version__",
+    "analyze",
     "build_dataset",
     "build_model",
     "build_tokenizer",

@@ -158,6 +158,45 @@ def _add_train_sae(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_train_sae)
 
 
+def _analyze(args: argparse.Namespace) -> None:
+    model = formal_sae.load_model(args.model, device=args.device)
+    sae = formal_sae.load_sae(args.sae, device=args.device)
+    dataset = formal_sae.load_dataset_dir(args.data)
+    report = formal_sae.analyze(
+        model,
+        sae,
+        dataset,
+        split=args.split,
+        selection_split=args.selection_split,
+        features=args.features,
+        max_sentences=args.max_sentences,
+    )
+    report.save(args.out)
+    s = report.summary
+    print(
+        f"wrote {args.out}: {len(report.targets)} targets over {s['n_tokens']} tokens; coverage {s['coverage']:.3f}, MCC {s['mcc']:.3f}"
+    )
+    for name, t in report.targets.items():
+        if t["n_latents_abs_rho_ge_0.9"] or (t["f1"] or 0) >= 0.9:
+            print(
+                f"  {name}: latent {t['best_latent']} (Pearson {t['pearson']:.3f}), F1 {t['f1'] if t['f1'] is None else round(t['f1'], 3)}"
+            )
+
+
+def _add_analyze(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("analyze", help="score every SAE latent against the ground-truth features")
+    p.add_argument("--model", required=True)
+    p.add_argument("--sae", required=True, help="SAE directory (SAELens format)")
+    p.add_argument("--data", required=True)
+    p.add_argument("--out", required=True, help="report directory (report.json, report.md, figures)")
+    p.add_argument("--split", default="test")
+    p.add_argument("--selection-split", default="validation", help="split used to choose best latents and thresholds")
+    p.add_argument("--features", nargs="*", help="feature names to analyse (default: all)")
+    p.add_argument("--max-sentences", type=int, default=2000)
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(func=_analyze)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="formal-sae", description="Sparse autoencoders on formal languages, with ground truth.")
     parser.add_argument("--version", action="version", version=f"formal-sae {formal_sae.__version__}")
@@ -166,6 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_generate(sub)
     _add_train_model(sub)
     _add_train_sae(sub)
+    _add_analyze(sub)
     return parser
 
 

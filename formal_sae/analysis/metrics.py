@@ -1,0 +1,120 @@
+"""Latent-feature metrics, vectorised over latents (no Python loop over latents).
+
+Every function takes a dense chunk of latents ``L`` (``[n_tokens, n_latents]``) and targets ``Y``
+(``[n_tokens, n_targets]``) and returns ``[n_latents, n_targets]`` arrays. Definitions:
+
+* Pearson: ``cov(l, y) / (std(l) std(y))``; NaN for a constant latent (dead) or target.
+* Spearman: Pearson of average ranks (ties share their mean rank).
+* AUROC of latent ``l`` for a binary target: ``(sum of ranks of positives - n+(n+ + 1)/2) / (n+ n-)``
+  (Mann-Whitney U), i.e. P(l on a positive > l on a negative) + P(tie)/2.
+* Thresholded detector ``l > t``: precision TP/(TP+FP), recall TP/(TP+FN), F1 = 2PR/(P+R); each 0
+  when undefined. Thresholds are fractions of the latent's maximum, ``t = f * max(l)`` (Karvonen
+  et al.), with ``f = 0`` meaning "fires at all".
+* Decoder agreement with probe directions ``P``: ``C = |cos(W_dec_i, p_k)|``; MMCS = mean_k max_i C;
+  MCC = mean of ``C`` over a Hungarian matching of probes to latents (O'Neill et al.).
+* Absorption gap of a parent latent: P(fires | parent and not child) - P(fires | parent and child).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy.optimize import linear_sum_assignment
+from scipy.stats import rankdata
+
+#: Threshold fractions of a latent's maximum activation tried for the thresholded detectors.
+THRESHOLD_FRACTIONS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+
+
+def _standardise(x: np.ndarray) -> np.ndarray:
+    x = x - x.mean(axis=0, keepdims=True)
+    std = np.sqrt((x * x).mean(axis=0, keepdims=True))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(std > 0, x / std, np.nan)
+
+
+def pearson(latents: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """``[n_latents, n_targets]`` Pearson correlations (NaN where a column is constant)."""
+    zl, zy = _standardise(latents.astype(np.float64)), _standardise(targets.astype(np.float64))
+    return zl.T @ zy / len(latents)
+
+
+def ranks(x: np.ndarray) -> np.ndarray:
+    """Average ranks (1-based) of each column."""
+    return rankdata(x, method="average", axis=0)
+
+
+def spearman(latents: np.ndarray, targets: np.ndarray, latent_ranks: np.ndarray | None = None) -> np.ndarray:
+    """``[n_latents, n_targets]`` Spearman correlations."""
+    r = ranks(latents) if latent_ranks is None else latent_ranks
+    return pearson(r, ranks(targets))
+
+
+def auroc(latents: np.ndarray, binary_targets: np.ndarray, latent_ranks: np.ndarray | None = None) -> np.ndarray:
+    """``[n_latents, n_targets]`` AUROC of each latent as a score for each binary target."""
+    r = ranks(latents) if latent_ranks is None else latent_ranks
+    y = binary_targets.astype(np.float64)
+    n_pos = y.sum(axis=0)
+    n_neg = len(y) - n_pos
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return (r.T @ y - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
+
+
+def detector_scores(predictions: np.ndarray, binary_targets: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Precision, recall, F1 (``[n_detectors, n_targets]``) of boolean detectors ``[n_tokens, n_detectors]``."""
+    p = predictions.astype(np.float64)
+    y = binary_targets.astype(np.float64)
+    tp = p.T @ y
+    predicted = p.sum(axis=0)[:, None]
+    actual = y.sum(axis=0)[None, :]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        precision = np.where(predicted > 0, tp / predicted, 0.0)
+        recall = np.where(actual > 0, tp / actual, 0.0)
+        f1 = np.where(precision + recall > 0, 2 * precision * recall / (precision + recall), 0.0)
+    return precision, recall, f1
+
+
+def threshold_f1(latents: np.ndarray, binary_targets: np.ndarray, fractions=THRESHOLD_FRACTIONS) -> tuple[np.ndarray, np.ndarray]:
+    """F1 of ``latent > f * max(latent)`` for every fraction: ``[n_fractions, n_latents, n_targets]``,
+    and the absolute thresholds used, ``[n_fractions, n_latents]``."""
+    top = latents.max(axis=0)
+    thresholds = np.stack([f * top for f in fractions])
+    f1 = np.stack([detector_scores(latents > t, binary_targets)[2] for t in thresholds])
+    return f1, thresholds
+
+
+def probe_directions(acts: np.ndarray, targets: np.ndarray, ridge: float = 1e-3) -> np.ndarray:
+    """Unit-norm linear-probe directions ``[n_targets, d]``: ridge regression of each centred target
+    on the centred activations (closed form; with binary targets this is a linear discriminant)."""
+    x = acts.astype(np.float64) - acts.mean(axis=0)
+    y = targets.astype(np.float64) - targets.mean(axis=0)
+    gram = x.T @ x / len(x)
+    w = np.linalg.solve(gram + ridge * np.trace(gram) / len(gram) * np.eye(len(gram)), x.T @ y / len(x)).T
+    norms = np.linalg.norm(w, axis=1, keepdims=True)
+    return np.where(norms > 0, w / np.where(norms > 0, norms, 1), 0.0)
+
+
+def abs_cosines(decoder: np.ndarray, directions: np.ndarray) -> np.ndarray:
+    """``[n_latents, n_directions]`` of |cos(decoder row, direction)|."""
+    d = decoder / np.maximum(np.linalg.norm(decoder, axis=1, keepdims=True), 1e-12)
+    p = directions / np.maximum(np.linalg.norm(directions, axis=1, keepdims=True), 1e-12)
+    return np.abs(d @ p.T)
+
+
+def mmcs(decoder: np.ndarray, directions: np.ndarray) -> float:
+    """Mean over directions of the best |cosine| with any decoder row."""
+    return float(abs_cosines(decoder, directions).max(axis=0).mean())
+
+
+def mcc(decoder: np.ndarray, directions: np.ndarray) -> float:
+    """Mean |cosine| of a one-to-one (Hungarian) matching of directions to decoder rows."""
+    c = abs_cosines(decoder, directions)
+    rows, cols = linear_sum_assignment(1 - c)
+    return float(c[rows, cols].mean())
+
+
+def absorption_gap(fires: np.ndarray, parent: np.ndarray, child: np.ndarray) -> tuple[float, float, float]:
+    """``(gap, P(fires | parent, not child), P(fires | parent, child))``; NaN where undefined."""
+    only_parent, both = parent & ~child, parent & child
+    p_only = float(fires[only_parent].mean()) if only_parent.any() else float("nan")
+    p_both = float(fires[both].mean()) if both.any() else float("nan")
+    return p_only - p_both, p_only, p_both
