@@ -32,6 +32,14 @@ from formal_sae.grammars import (
     list_grammars,
     load_grammar,
 )
+from formal_sae.interventions import (
+    CausalReport,
+    Intervention,
+    causal_report,
+    compare_generations,
+    next_token_effects,
+    single_latent_effects,
+)
 from formal_sae.models import PRESETS, ModelConfig, build_model, load_model, model_grammar, save_model
 from formal_sae.saes import SAETrainConfig, evaluate_sae, load_sae, train_sae
 from formal_sae.saes import architectures as sae_architectures
@@ -45,12 +53,14 @@ __all__ = [
     "PAPER_PROMPT",
     "PRESETS",
     "AnalysisReport",
+    "CausalReport",
     "DatasetError",
     "DatasetMetadata",
     "FeatureSpec",
     "FormalSAEError",
     "Grammar",
     "GrammarError",
+    "Intervention",
     "ModelConfig",
     "ModelError",
     "SAEError",
@@ -62,6 +72,8 @@ __all__ = [
     "build_dataset",
     "build_model",
     "build_tokenizer",
+    "causal_report",
+    "compare_generations",
     "dataset_metadata",
     "dyck_grammar",
     "english_grammar",
@@ -77,12 +89,14 @@ __all__ = [
     "load_sae",
     "load_tokenizer",
     "model_grammar",
+    "next_token_effects",
     "prompt_ids",
     "push_dataset_to_hub",
     "sae_architectures",
     "sample_sequences",
     "save_dataset",
     "save_model",
+    "single_latent_effects",
     "train_model",
     "train_sae",
 ]

@@ -197,6 +197,67 @@ def _add_analyze(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_analyze)
 
 
+def _intervene(args: argparse.Namespace) -> None:
+    from formal_sae.io import write_json
+
+    model = formal_sae.load_model(args.model, device=args.device)
+    sae = formal_sae.load_sae(args.sae, device=args.device)
+    dataset = formal_sae.load_dataset_dir(args.data)
+    if args.report:
+        report = formal_sae.causal_report(model, sae, dataset, top_k=args.top_k, max_sentences=args.max_sentences)
+        report.save(args.out)
+        s = report.summary
+        print(
+            f"wrote {args.out}: {s['n_live']} live latents; {s['n_correlated_not_causal']} correlated but not causal, "
+            f"{s['n_causal_not_correlated']} causal but uncorrelated; rank agreement {s['rank_agreement']:.3f}"
+        )
+        return
+    if args.latent is None:
+        raise formal_sae.FormalSAEError("give --latent J (with --mode) for one intervention, or --report for every latent")
+    intervention = formal_sae.Intervention(args.mode.replace("-", "_"), [args.latent], args.value, relative=args.relative)
+    intervention.validate(sae)
+    effects = formal_sae.next_token_effects(model, sae, dataset, intervention, max_sentences=args.max_sentences)
+    gens = formal_sae.compare_generations(model, sae, intervention, dataset, n_samples=args.n_samples, seed=args.seed)
+    out = {
+        "latent": args.latent,
+        "mode": intervention.mode,
+        "value": args.value,
+        "relative": args.relative,
+        "mean_kl": effects["mean_kl"],
+        "mean_tv": effects["mean_tv"],
+        "mean_class_tv": effects["mean_class_tv"],
+        "validity_clean": gens["validity"]["clean"],
+        "validity_intervened": gens["validity"]["intervened"],
+        "next_token": effects,
+        "generations": gens,
+    }
+    write_json(f"{args.out}/report.json", out)
+    print(
+        f"wrote {args.out}: {intervention.mode} latent {args.latent}: mean KL {out['mean_kl']:.4g}, validity "
+        f"{out['validity_clean']:.3f} -> {out['validity_intervened']:.3f} (p = {gens['validity']['p_value']:.3g})"
+    )
+
+
+def _add_intervene(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("intervene", help="intervene on SAE latents and measure the effect on the model")
+    p.add_argument("--model", required=True)
+    p.add_argument("--sae", required=True)
+    p.add_argument("--data", required=True)
+    p.add_argument("--out", required=True)
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("--latent", type=int, help="the latent to intervene on")
+    what.add_argument("--report", action="store_true", help="correlation-vs-causation report over every latent")
+    p.add_argument("--mode", default="ablate", choices=["ablate", "clamp", "scale", "keep-only", "steer"])
+    p.add_argument("--value", type=float, help="clamp value, scale factor or steering coefficient")
+    p.add_argument("--relative", action="store_true", help="clamp: --value is a fraction of the latent's observed range")
+    p.add_argument("--n-samples", type=int, default=100, help="generations per condition")
+    p.add_argument("--top-k", type=int, default=3, help="--report: latents per feature")
+    p.add_argument("--max-sentences", type=int, default=200)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(func=_intervene)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="formal-sae", description="Sparse autoencoders on formal languages, with ground truth.")
     parser.add_argument("--version", action="version", version=f"formal-sae {formal_sae.__version__}")
@@ -206,6 +267,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train_model(sub)
     _add_train_sae(sub)
     _add_analyze(sub)
+    _add_intervene(sub)
     return parser
 
 

@@ -30,13 +30,16 @@ FwdHook = tuple[str | Callable[[str], bool], Callable]
 
 
 @contextlib.contextmanager
-def spliced(model: HookedTransformer, fwd_hooks: Sequence[FwdHook] = (), saes: Sequence = ()):
-    """Run the block with forward hooks added and SAEs spliced in (removed afterwards)."""
+def spliced(model: HookedTransformer, fwd_hooks: Sequence[FwdHook] = (), saes: Sequence = (), use_error_term: bool | None = None):
+    """Run the block with forward hooks added and SAEs spliced in (removed afterwards).
+
+    ``use_error_term`` (SAELens): True adds the SAE's reconstruction error back, so only edits of
+    its latents change the model; None keeps each SAE's own setting."""
     with contextlib.ExitStack() as stack:
         if saes:
             if not hasattr(model, "saes"):
                 raise ModelError("splicing SAEs needs a sae_lens.HookedSAETransformer (formal-sae models are)")
-            stack.enter_context(model.saes(saes=list(saes)))
+            stack.enter_context(model.saes(saes=list(saes), use_error_term=use_error_term))
         if fwd_hooks:
             stack.enter_context(model.hooks(fwd_hooks=list(fwd_hooks)))
         yield model
@@ -53,6 +56,7 @@ def sample_sequences(
     stop_token: int | None = None,
     fwd_hooks: Sequence[FwdHook] = (),
     saes: Sequence = (),
+    use_error_term: bool | None = None,
 ) -> list[list[int]]:
     """Ancestral sampling of ``n`` continuations of ``prompt`` in one batch, with the KV cache.
 
@@ -77,7 +81,7 @@ def sample_sequences(
     done = torch.zeros(n, dtype=torch.bool)
     cache = TransformerLensKeyValueCache.init_cache(model.cfg, device, n)
     steps = 0
-    with spliced(model, fwd_hooks, saes):
+    with spliced(model, fwd_hooks, saes, use_error_term):
         for steps in range(1, max_new_tokens + 1):
             # An explicit all-ones mask: a sampled <pad> must not be masked out of later attention.
             logits = model(tokens, past_kv_cache=cache, attention_mask=torch.ones_like(tokens))[:, -1].float().cpu()
