@@ -5,6 +5,7 @@ interventions.
 """
 
 from formal_sae.analysis import AnalysisReport, analyze
+from formal_sae.comparison import SAEComparison, compare_saes
 from formal_sae.data import (
     PAPER_PROMPT,
     DatasetMetadata,
@@ -43,6 +44,7 @@ from formal_sae.interventions import (
 from formal_sae.models import PRESETS, ModelConfig, build_model, load_model, model_grammar, save_model
 from formal_sae.saes import SAETrainConfig, evaluate_sae, load_sae, train_sae
 from formal_sae.saes import architectures as sae_architectures
+from formal_sae.saes.causal import CausalConfig, held_out_causal_loss, train_causal_sae
 from formal_sae.training import TrainConfig, train_model
 
 __version__ = "0.1.0"
@@ -53,6 +55,7 @@ __all__ = [
     "PAPER_PROMPT",
     "PRESETS",
     "AnalysisReport",
+    "CausalConfig",
     "CausalReport",
     "DatasetError",
     "DatasetMetadata",
@@ -63,6 +66,7 @@ __all__ = [
     "Intervention",
     "ModelConfig",
     "ModelError",
+    "SAEComparison",
     "SAEError",
     "SAETrainConfig",
     "TrainConfig",
@@ -74,6 +78,7 @@ __all__ = [
     "build_tokenizer",
     "causal_report",
     "compare_generations",
+    "compare_saes",
     "dataset_metadata",
     "dyck_grammar",
     "english_grammar",
@@ -82,6 +87,7 @@ __all__ = [
     "expr_grammar",
     "generate_dataset",
     "grammar_of",
+    "held_out_causal_loss",
     "list_grammars",
     "load_dataset_dir",
     "load_grammar",
@@ -97,6 +103,7 @@ __all__ = [
     "save_dataset",
     "save_model",
     "single_latent_effects",
+    "train_causal_sae",
     "train_model",
     "train_sae",
 ]

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from transformer_lens import HookedTransformer
 
-from formal_sae.data import DatasetMetadata, dataset_metadata
+from formal_sae.data import DatasetMetadata, column, dataset_metadata
 from formal_sae.errors import DatasetError, SAEError
 
 DEFAULT_HOOK = "blocks.0.hook_resid_post"  # the paper's "res0"
@@ -38,12 +38,30 @@ def stop_layer(hook_name: str) -> int | None:
 
 
 @torch.no_grad()
+def hook_shape(model: HookedTransformer, hook_name: str) -> tuple[int, ...]:
+    """Shape of one token's activation at ``hook_name``: ``(d,)``, or ``(n_heads, d_head)`` at
+    per-head hooks. Raises an SAEError for hooks the model never runs or that are not per token."""
+    check_hook(model, hook_name)
+    n = model.cfg.n_heads + 1  # a sequence length that no head count can be mistaken for
+    tokens = torch.full((1, n), model.tokenizer.bos_token_id, dtype=torch.long, device=model.cfg.device)
+    _, cache = model.run_with_cache(tokens, names_filter=hook_name, stop_at_layer=stop_layer(hook_name))
+    if hook_name not in cache:
+        raise SAEError(
+            f"the model never runs hook {hook_name!r} (TransformerLens runs it only with use_attn_result, "
+            "use_split_qkv_input or use_hook_mlp_in set); choose another hook"
+        )
+    act = cache[hook_name]
+    if act.shape[1] != n:
+        raise SAEError(
+            f"{hook_name} does not hold one activation per token (shape {tuple(act.shape)} for {n} tokens; "
+            "attention scores and patterns are per pair of positions); choose another hook"
+        )
+    return tuple(act.shape[2:])
+
+
 def hook_width(model: HookedTransformer, hook_name: str) -> int:
     """Size of one token's activation at ``hook_name`` (trailing dimensions flattened)."""
-    check_hook(model, hook_name)
-    tokens = torch.tensor([[model.tokenizer.bos_token_id]], device=model.cfg.device)
-    _, cache = model.run_with_cache(tokens, names_filter=hook_name, stop_at_layer=stop_layer(hook_name))
-    return int(np.prod(cache[hook_name].shape[2:]))
+    return int(np.prod(hook_shape(model, hook_name)))
 
 
 @dataclass
@@ -98,8 +116,8 @@ def iter_sentence_batches(
         raise DatasetError("the dataset split is empty; generate it with more sentences")
     meta: DatasetMetadata = dataset_metadata(split)
     n = len(split) if max_sentences is None else min(len(split), max_sentences)
-    input_ids = split.data.column("input_ids").to_pylist()[:n]
-    lengths = np.asarray(split.data.column("length").to_pylist()[:n])
+    input_ids = column(split, "input_ids")[:n]
+    lengths = np.asarray(column(split, "length")[:n])
     pool = 16 * batch_size
     order = np.concatenate([start + np.argsort(lengths[start : start + pool], kind="stable") for start in range(0, n, pool)])
     vocab = model.cfg.d_vocab
@@ -136,17 +154,23 @@ def collect_activations(
     batch_size: int = 256,
     progress: bool = False,
 ) -> torch.Tensor:
-    """``[n_tokens, d]`` activations of the sentence tokens of ``split`` (up to ``max_tokens``)."""
+    """``[n_tokens, d]`` activations of the sentence tokens of ``split`` (up to ``max_tokens``), in
+    dataset order (row by row, position by position): a budget takes the first rows of the split,
+    an unbiased sample, not the shortest sentences of a length-sorted pool."""
     from tqdm.auto import tqdm
 
-    chunks, total = [], 0
+    max_sentences = None
+    if max_tokens is not None:  # rows needed, in dataset order, to cover the budget
+        lengths = np.asarray(column(split, "length"))
+        max_sentences = int(np.searchsorted(np.cumsum(lengths), max_tokens)) + 1
+    chunks, rows, positions = [], [], []
     bar = tqdm(total=max_tokens or None, disable=not progress, desc="activations", unit="tok")
-    for batch in iter_sentence_batches(model, split, hook_name, batch_size):
+    for batch in iter_sentence_batches(model, split, hook_name, batch_size, max_sentences):
         chunks.append(batch.acts)
-        total += len(batch.acts)
+        rows.append(batch.rows)
+        positions.append(batch.positions)
         bar.update(len(batch.acts))
-        if max_tokens is not None and total >= max_tokens:
-            break
     bar.close()
-    acts = torch.cat(chunks)
+    order = torch.from_numpy(np.lexsort((np.concatenate(positions), np.concatenate(rows))))
+    acts = torch.cat(chunks)[order]
     return acts[:max_tokens] if max_tokens is not None else acts

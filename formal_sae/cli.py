@@ -95,6 +95,13 @@ def _add_train_model(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_train_model)
 
 
+def _float_arg(value: str, flag: str) -> float:
+    try:
+        return float(value)
+    except ValueError:
+        raise formal_sae.FormalSAEError(f"{flag} must be 'random' or a number, got {value!r}") from None
+
+
 def _train_sae(args: argparse.Namespace) -> None:
     from formal_sae.io import write_json
 
@@ -118,10 +125,23 @@ def _train_sae(args: argparse.Namespace) -> None:
         seed=args.seed,
         device=args.device,
     )
-    sae = formal_sae.train_sae(model, dataset, config, out_dir=args.out)
+    if args.causal_coefficient is not None:
+        causal = formal_sae.CausalConfig(
+            coefficient=args.causal_coefficient,
+            distance=args.causal_distance,
+            step=args.causal_step if args.causal_step == "random" else _float_arg(args.causal_step, "--causal-step"),
+            schedule=args.causal_schedule,
+            pretrain_steps=args.pretrain_steps,
+            steps=args.causal_steps,
+            finetune_lr=args.finetune_lr,
+        )
+        sae = formal_sae.train_causal_sae(model, dataset, config, causal, out_dir=args.out)
+    else:
+        sae = formal_sae.train_sae(model, dataset, config, out_dir=args.out)
     metrics = formal_sae.evaluate_sae(
         model, sae, dataset, split="test", splice=args.splice, n_samples=args.n_samples, repeats=args.repeats
     )
+    metrics["causal_loss"] = formal_sae.held_out_causal_loss(model, sae, dataset, split="test", distance=args.causal_distance)
     metrics["train_seconds"] = sae.formal_sae_train_seconds
     write_json(f"{args.out}/metrics.json", metrics)
     print(
@@ -155,7 +175,36 @@ def _add_train_sae(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default=d.device)
     p.add_argument("--n-samples", type=int, default=128, help="validity: samples per repeat")
     p.add_argument("--repeats", type=int, default=5, help="validity: repeats")
+    c = formal_sae.CausalConfig()
+    g = p.add_argument_group("causal regularisation (PAPER.md §8; enabled by --causal-coefficient)")
+    g.add_argument("--causal-coefficient", type=float, help="beta: weight of the interpolation loss")
+    g.add_argument("--causal-distance", choices=["mse", "kl"], default=c.distance)
+    g.add_argument("--causal-step", default="random", help="'random' (s ~ U(0,1)) or a fixed s in [0, 1]")
+    g.add_argument("--causal-schedule", choices=["constant", "linear"], default=c.schedule)
+    g.add_argument("--pretrain-steps", type=int, default=c.pretrain_steps, help="plain SAE steps before the causal phase")
+    g.add_argument("--causal-steps", type=int, default=c.steps, help="steps with the causal term")
+    g.add_argument("--finetune-lr", type=float, help="learning rate of the causal phase")
     p.set_defaults(func=_train_sae)
+
+
+def _compare_saes(args: argparse.Namespace) -> None:
+    model = formal_sae.load_model(args.model, device=args.device)
+    dataset = formal_sae.load_dataset_dir(args.data)
+    comparison = formal_sae.compare_saes(model, dataset, args.saes, n_samples=args.n_samples, repeats=args.repeats)
+    comparison.save(args.out)
+    print(comparison.to_markdown())
+
+
+def _add_compare_saes(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("compare-saes", help="compare SAEs (e.g. causal vs plain) on the same model and data")
+    p.add_argument("saes", nargs="+", help="SAE directories")
+    p.add_argument("--model", required=True)
+    p.add_argument("--data", required=True)
+    p.add_argument("--out", required=True, help="comparison directory (comparison.md, comparison.json, comparison.png)")
+    p.add_argument("--n-samples", type=int, default=128)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(func=_compare_saes)
 
 
 def _analyze(args: argparse.Namespace) -> None:
@@ -174,7 +223,8 @@ def _analyze(args: argparse.Namespace) -> None:
     report.save(args.out)
     s = report.summary
     print(
-        f"wrote {args.out}: {len(report.targets)} targets over {s['n_tokens']} tokens; coverage {s['coverage']:.3f}, MCC {s['mcc']:.3f}"
+        f"wrote {args.out}: {len(report.targets)} targets over {s['n_tokens']} tokens; "
+        f"coverage {'n/a (no binary features)' if s['coverage'] is None else format(s['coverage'], '.3f')}, MCC {s['mcc']:.3f}"
     )
     for name, t in report.targets.items():
         if t["n_latents_abs_rho_ge_0.9"] or (t["f1"] or 0) >= 0.9:
@@ -268,6 +318,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train_sae(sub)
     _add_analyze(sub)
     _add_intervene(sub)
+    _add_compare_saes(sub)
     return parser
 
 

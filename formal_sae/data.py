@@ -187,6 +187,12 @@ def _rows(
         yield row
 
 
+def column(split: datasets.Dataset, name: str) -> list:
+    """A column as Python values, read through Arrow in one go (fast), honouring any row selection
+    (``.select``, ``.shuffle``, ``.filter``)."""
+    return split.with_format("arrow")[name].to_pylist()
+
+
 def _length_stats(split: datasets.Dataset) -> dict[str, float]:
     lengths = np.asarray(split["length"]) if len(split) else np.zeros(1)
     return {

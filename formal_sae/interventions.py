@@ -30,8 +30,8 @@ import torch
 from sae_lens import SAE
 from scipy import stats
 
-from formal_sae.activations import iter_sentence_batches
-from formal_sae.data import dataset_metadata, grammar_of
+from formal_sae.activations import check_hook, iter_sentence_batches
+from formal_sae.data import column, dataset_metadata, grammar_of
 from formal_sae.errors import FormalSAEError
 from formal_sae.generation import PAPER_MAX_NEW_TOKENS, classify_sample, sample_sequences, spliced
 from formal_sae.grammars import Grammar
@@ -93,6 +93,7 @@ def intervention_hooks(
     """Forward hooks (for a model with ``sae`` attached) that carry out ``intervention``."""
     intervention.validate(sae)
     hook = sae.cfg.metadata.hook_name
+    check_hook(model, hook)  # else SAELens skips the SAE with a warning and the hook name is a KeyError
     idx = torch.tensor(intervention.latents, dtype=torch.long)
     mode, value = intervention.mode, intervention.value
     if mode == "steer":
@@ -137,6 +138,7 @@ def run_intervened(
     model, sae: SAE, tokens: torch.Tensor, intervention: Intervention | None, use_error_term: bool = True, ranges=None
 ) -> torch.Tensor:
     """Logits with the SAE spliced in and the intervention applied (None: no intervention)."""
+    check_hook(model, sae.cfg.metadata.hook_name)  # SAELens would skip the SAE and return clean logits
     hooks = intervention_hooks(model, sae, intervention, ranges) if intervention is not None else []
     with spliced(model, hooks, [sae], use_error_term):
         return model(tokens.to(model.cfg.device))
@@ -208,7 +210,7 @@ def next_token_effects(
     group_by = group_by or next((f for f in ("pending", "stack_size", "depth", "conj_index") if f in feature_names), None)
     ranges = latent_ranges(model, sae, dataset[split], max_sentences) if intervention.relative else None
     split_ds = dataset[split]
-    group_col = split_ds.data.column(group_by).to_pylist() if group_by else None
+    group_col = column(split_ds, group_by) if group_by else None
     rows: dict[str, list] = {"kl": [], "tv": [], "class_tv": [], "class_clean": [], "class_new": [], "group": []}
     for batch in iter_sentence_batches(model, split_ds, sae.cfg.metadata.hook_name, 128, max_sentences):
         clean = run_intervened(model, sae, batch.tokens, None, use_error_term=True)
@@ -304,6 +306,10 @@ def compare_generations(
     Cohen's d and Mann-Whitney p-values (Fisher's exact test for validity).
     """
     check_sae_fits(model, sae)
+    if intervention.mode == "patch":  # with the KV cache each new token is position 0 of its forward pass
+        raise FormalSAEError(
+            "mode 'patch' copies latents position by position from a fixed input: use it with teacher forcing, not generation"
+        )
     grammar = grammar_of(model.formal_sae_data)
     names, classes = token_classes(grammar, model.tokenizer)
     from formal_sae.data import prompt_ids
@@ -353,17 +359,20 @@ def single_latent_effects(
 
     For latent ``j``: ``kl_active[j]`` / ``class_tv_active[j]`` are the mean KL over tokens and the
     mean total variation over grammar classes of the next-token distribution at the positions where
-    ``j`` fires; ``kl_mean[j]`` averages the KL over every sentence position (zero where nothing
-    changed). Batched: the model runs up to the hook once per batch of sentences; then only the
-    sequences in which a latent fires are rerun from the hook onwards, many (latent, sequence)
-    pairs per forward pass. An ablated latent that never fires changes nothing and costs nothing.
+    ``j`` fires; ``kl_mean[j]`` averages the KL over every sentence position (including positions
+    after the ones where ``j`` fires, which later layers can change; zero where nothing changed);
+    ``n_active[j]`` counts the sentence positions where ``j`` fires. Batched: the model runs once
+    per batch of sentences; then only the sequences in which a latent fires (in the prompt or the
+    sentence) are rerun from the hook onwards, many (latent, sequence) pairs per forward pass. An
+    ablated latent that never fires changes nothing and costs nothing.
     """
     hook = check_sae_fits(model, sae)
     grammar = grammar_of(dataset_metadata(dataset))
     _, classes = token_classes(grammar, model.tokenizer)
     d = sae.cfg.d_sae
-    kl_sum, tv_sum, n_active = np.zeros(d), np.zeros(d), np.zeros(d)
+    kl_sum, tv_sum, n_active, kl_all = np.zeros(d), np.zeros(d), np.zeros(d), np.zeros(d)
     total_positions = 0
+    prompt_len = dataset_metadata(dataset).prompt_length
     start_layer = _resume_layer(hook)
     for batch in iter_sentence_batches(model, dataset[split], hook, 64, max_sentences):
         tokens = batch.tokens.to(model.cfg.device)
@@ -372,13 +381,19 @@ def single_latent_effects(
         latents = sae.encode(x)
         error = x - sae.decode(latents)
         fires = (latents > 0) & batch.mask.to(latents.device)[..., None]
+        # Positions whose latents can change a prediction at a sentence token: prompt and sentence.
+        reach = batch.mask.clone()
+        reach[:, :prompt_len] = True
         total_positions += int(batch.mask.sum())
-        pairs = fires.any(1).nonzero().tolist()  # (sequence, latent) with the latent active somewhere
+        # (sequence, latent) with the latent active where it can change a sentence prediction
+        pairs = ((latents > 0) & reach.to(latents.device)[..., None]).any(1).nonzero().tolist()
         for start in range(0, len(pairs), max_batch):
             chunk = pairs[start : start + max_batch]
             seq = torch.tensor([p[0] for p in chunk])
             lat = torch.tensor([p[1] for p in chunk])
-            edited = latents[seq].clone()
+            # Re-encode the chunk's rows: an SAE with per-token input normalisation (PaperSAE,
+            # scale-correct splice) keeps the norms of the last encoded input for its decode.
+            edited = sae.encode(x[seq]).clone()
             edited[torch.arange(len(chunk)), :, lat] = 0
             x_new = sae.decode(edited) + error[seq]
             logits = _run_from_hook(model, hook, start_layer, tokens[seq], x_new)
@@ -387,11 +402,12 @@ def single_latent_effects(
             np.add.at(kl_sum, lat.numpy(), (shift["kl"] * active).sum(1).numpy())
             np.add.at(tv_sum, lat.numpy(), (shift["class_tv"] * active).sum(1).numpy())
             np.add.at(n_active, lat.numpy(), active.sum(1).numpy())
+            np.add.at(kl_all, lat.numpy(), (shift["kl"] * batch.mask[seq]).sum(1).numpy())
     with np.errstate(invalid="ignore", divide="ignore"):
         return {
             "kl_active": np.where(n_active > 0, kl_sum / n_active, 0.0),
             "class_tv_active": np.where(n_active > 0, tv_sum / n_active, 0.0),
-            "kl_mean": kl_sum / max(total_positions, 1),
+            "kl_mean": kl_all / max(total_positions, 1),
             "n_active": n_active,
         }
 
@@ -417,6 +433,7 @@ def _run_from_hook(model, hook: str, start_layer: int | None, tokens: torch.Tens
     return model.run_with_hooks(tokens, fwd_hooks=[(hook, replace)])
 
 
+@torch.no_grad()
 def effects_loop_baseline(
     model, sae: SAE, dataset, latents: Sequence[int], split: str = "test", max_sentences: int | None = 200
 ) -> np.ndarray:
@@ -430,9 +447,8 @@ def effects_loop_baseline(
         total, count = 0.0, 0
         for batch in iter_sentence_batches(model, dataset[split], hook, 64, max_sentences):
             clean = run_intervened(model, sae, batch.tokens, None)
-            with torch.no_grad():
-                _, cache = model.run_with_cache(batch.tokens.to(model.cfg.device), names_filter=hook)
-                active = (sae.encode(cache[hook])[..., j] > 0).cpu() & batch.mask
+            _, cache = model.run_with_cache(batch.tokens.to(model.cfg.device), names_filter=hook)
+            active = (sae.encode(cache[hook])[..., j] > 0).cpu() & batch.mask
             new = run_intervened(model, sae, batch.tokens, Intervention("ablate", [j]))
             total += float(distribution_shift(clean.cpu(), new.cpu(), classes)["kl"][active].sum())
             count += int(active.sum())

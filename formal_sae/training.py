@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from formal_sae.data import DatasetMetadata, build_tokenizer, dataset_metadata, grammar_of
+from formal_sae.data import DatasetMetadata, build_tokenizer, column, dataset_metadata, grammar_of
 from formal_sae.errors import FormalSAEError, ModelError
 from formal_sae.generation import evaluate_validity
 from formal_sae.io import read_json, write_json
@@ -265,7 +265,7 @@ def plot_training_curve(history: list[dict], path: str | os.PathLike) -> None:
 # ----------------------------------------------------------------------------- training
 def sequences_of(split: datasets.Dataset) -> list[list[int]]:
     """The ``input_ids`` of a split as Python lists (read straight from the Arrow table)."""
-    return split.data.column("input_ids").to_pylist()
+    return column(split, "input_ids")
 
 
 def train_model(

@@ -17,7 +17,7 @@ import torch
 from sae_lens import SAE
 
 from formal_sae.activations import iter_sentence_batches
-from formal_sae.data import dataset_metadata
+from formal_sae.data import column, dataset_metadata
 from formal_sae.errors import DatasetError
 from formal_sae.grammars import FeatureSpec
 
@@ -76,10 +76,12 @@ def collect_aligned(
     """Run the model and the SAE over ``split`` and align latents with token features."""
     if len(split) == 0:
         raise DatasetError("the dataset split is empty; analyse a split with sentences")
+    if max_sentences is not None and max_sentences < 1:
+        raise DatasetError(f"max_sentences must be >= 1, got {max_sentences}")
     meta = dataset_metadata(split)
     specs = {s.name: s for s in meta.feature_specs}
-    columns = {name: split.data.column(name).to_pylist() for name in specs}
-    ids = split.data.column("input_ids").to_pylist()
+    columns = {name: column(split, name) for name in specs}
+    ids = column(split, "input_ids")
     acts, token_ids, rows, positions = [], [], [], []
     feats: dict[str, list[np.ndarray]] = {name: [] for name in specs}
     lat_t, lat_j, lat_v = [], [], []

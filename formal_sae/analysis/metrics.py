@@ -26,10 +26,12 @@ THRESHOLD_FRACTIONS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 
 
 def _standardise(x: np.ndarray) -> np.ndarray:
+    # constant columns are found exactly: after centring, rounding can leave a tiny non-zero std
+    varies = x.max(axis=0, keepdims=True) > x.min(axis=0, keepdims=True)
     x = x - x.mean(axis=0, keepdims=True)
     std = np.sqrt((x * x).mean(axis=0, keepdims=True))
     with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(std > 0, x / std, np.nan)
+        return np.where(varies & (std > 0), x / std, np.nan)
 
 
 def pearson(latents: np.ndarray, targets: np.ndarray) -> np.ndarray:

@@ -258,6 +258,10 @@ def analyze(
     targets = targets_of(test, features)
     val_targets = {t.name: t for t in targets_of(val, features)}
     shared = [t for t in targets if t.name in val_targets]
+    if not shared:
+        raise FormalSAEError(
+            f"no feature to analyse in both {split!r} and {selection_split!r}; choose features among: {', '.join(test.specs)}"
+        )
     test_scores = score_latents(test, shared)
     val_scores = score_latents(val, [val_targets[t.name] for t in shared])
     decoder = sae.W_dec.detach().float().cpu().numpy()

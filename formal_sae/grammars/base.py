@@ -213,8 +213,8 @@ class Grammar:
 
 
 def _check_count(n: int, what: str) -> None:
-    if not isinstance(n, (int, np.integer)) or isinstance(n, bool) or n < 0:
-        raise GrammarError(f"{what} must be a non-negative integer, got {n!r}")
+    if not isinstance(n, (int, np.integer)) or isinstance(n, bool) or n < 1:
+        raise GrammarError(f"{what} must be a positive integer (the number of sentences to draw), got {n!r}")
 
 
 _PROB_LINE = re.compile(r"\S")

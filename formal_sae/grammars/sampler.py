@@ -125,9 +125,10 @@ class CompiledSampler:
 
 
 def naive_sample(pcfg: PCFG, n: int, seed: int, max_length: int | None) -> list[list[str]]:
-    """The straightforward recursive sampler (the paper's method), kept as a baseline.
+    """The straightforward recursive sampler: the paper's ``ProbabilisticGenerator``, kept as a baseline.
 
-    Each nonterminal is expanded recursively with ``random.choices`` over its productions, and a
+    As in the authors' code, each nonterminal is expanded recursively by looking up its productions
+    in the grammar and calling ``random.choices(productions, weights=[p.prob() ...])``, and a
     sentence longer than ``max_length`` is generated in full and then rejected. Used by the
     benchmark and by the tests that check both samplers give the same distribution.
     """
@@ -135,17 +136,13 @@ def naive_sample(pcfg: PCFG, n: int, seed: int, max_length: int | None) -> list[
     import sys
 
     rng = random.Random(seed)
-    table = {
-        lhs: ([tuple(p.rhs()) for p in pcfg.productions(lhs=lhs)], [p.prob() for p in pcfg.productions(lhs=lhs)])
-        for lhs in {p.lhs() for p in pcfg.productions()}
-    }
 
     def expand(sym: object, out: list[str]) -> None:
         if not isinstance(sym, Nonterminal):
             out.append(sym)  # type: ignore[arg-type]
             return
-        rhss, weights = table[sym]
-        for child in rng.choices(rhss, weights=weights)[0]:
+        productions = pcfg.productions(lhs=sym)
+        for child in rng.choices(productions, weights=[p.prob() for p in productions])[0].rhs():
             expand(child, out)
 
     old_limit = sys.getrecursionlimit()

@@ -28,10 +28,11 @@ from sae_lens import SAE
 from sae_lens.evals import get_recons_loss
 from sae_lens.training.activation_scaler import ActivationScaler
 
-from formal_sae.activations import check_hook, hook_width, iter_sentence_batches
+from formal_sae.activations import iter_sentence_batches
 from formal_sae.data import dataset_metadata, grammar_of
 from formal_sae.errors import SAEError
 from formal_sae.generation import evaluate_validity
+from formal_sae.saes.training import flush_denormals, sae_hook_width
 
 
 def check_sae_fits(model, sae: SAE) -> str:
@@ -39,8 +40,7 @@ def check_sae_fits(model, sae: SAE) -> str:
     hook = sae.cfg.metadata.hook_name
     if not hook:
         raise SAEError("the SAE's config has no metadata.hook_name; set sae.cfg.metadata.hook_name to the hook it reads")
-    check_hook(model, hook)
-    width = hook_width(model, hook)
+    width = sae_hook_width(model, hook)
     if width != sae.cfg.d_in:
         raise SAEError(f"the SAE has d_in={sae.cfg.d_in} but the model's {hook} has width {width}: they do not fit")
     return hook
@@ -97,8 +97,8 @@ def evaluate_sae(
         sq_err += float((recon - x).pow(2).sum())
         sum_sq_x += float(x.pow(2).sum())
         sum_vec += x.sum(0).cpu()
-        l0 += float((feats > 0).sum())
-        fired |= (feats > 0).any(0).cpu()
+        l0 += float((feats != 0).sum())  # != 0: AbsTopK latents can be negative (as SAELens counts)
+        fired |= (feats != 0).any(0).cpu()
         r = get_recons_loss(
             sae, model, ActivationScaler(), batch.tokens.to(model.cfg.device), compute_kl=True, compute_ce_loss=True,
             ignore_tokens=non_sentence, hook_name=hook,
@@ -131,6 +131,7 @@ def evaluate_sae(
         "kl_div_score": (kl["ablation"] - kl["sae"]) / kl["ablation"],
     }
     if validity:
-        v = evaluate_validity(model, n_samples=n_samples, repeats=repeats, seed=seed, saes=[sae])
+        with flush_denormals():  # a dying L1 SAE emits denormals: generation ran ~8x slower
+            v = evaluate_validity(model, n_samples=n_samples, repeats=repeats, seed=seed, saes=[sae])
         metrics.update(validity=v.validity, validity_std=v.validity_std, validity_failures=v.failures)
     return metrics

@@ -240,10 +240,13 @@ class PaperTrainingSAE(TrainingSAE[PaperTrainingSAEConfig]):
 
 
 def register() -> None:
-    """Register ``formal_paper`` with SAELens; safe to call any number of times."""
-    if ARCHITECTURE not in SAE_CLASS_REGISTRY:
+    """Register ``formal_paper`` with SAELens; safe to call any number of times. After a reload
+    of this module the registry is pointed at the reloaded classes (not the stale ones)."""
+    if SAE_CLASS_REGISTRY.get(ARCHITECTURE) != (PaperSAE, PaperSAEConfig):
+        SAE_CLASS_REGISTRY.pop(ARCHITECTURE, None)
         register_sae_class(ARCHITECTURE, PaperSAE, PaperSAEConfig)
-    if ARCHITECTURE not in SAE_TRAINING_CLASS_REGISTRY:
+    if SAE_TRAINING_CLASS_REGISTRY.get(ARCHITECTURE) != (PaperTrainingSAE, PaperTrainingSAEConfig):
+        SAE_TRAINING_CLASS_REGISTRY.pop(ARCHITECTURE, None)
         register_sae_training_class(ARCHITECTURE, PaperTrainingSAE, PaperTrainingSAEConfig)
 
 

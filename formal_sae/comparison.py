@@ -1,0 +1,134 @@
+"""Side-by-side comparison of SAEs on one model and dataset (e.g. a causal SAE vs a plain one).
+
+For each SAE: reconstruction and downstream metrics (``evaluate_sae``), the held-out causal loss
+(linearity error along latent interpolations), the analysis summary (does the correlation
+structure survive?), and the *predictability* of interventions: for the best latent of each of
+the most-correlated features, the latent is clamped at 0, 1/4, ..., 1 of its observed range and
+the next-token distribution over grammar classes is measured; predictability error is the mean
+squared deviation of that curve from the straight line between its end points (0 = perfectly
+predictable, linear effect). Lower causal loss and predictability error are better.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from formal_sae.analysis import analyze
+from formal_sae.interventions import Intervention, next_token_effects
+from formal_sae.io import atomic_write_text, read_json, write_json
+from formal_sae.saes import evaluate_sae, load_sae
+from formal_sae.saes.causal import held_out_causal_loss
+from formal_sae.saes.training import TRAIN_CONFIG_FILE
+
+CLAMP_FRACTIONS = (0.0, 0.25, 0.5, 0.75, 1.0)
+COLUMNS = (
+    "explained_variance",
+    "mse",
+    "l0",
+    "dead_fraction",
+    "ce_loss_score",
+    "validity",
+    "causal_loss",
+    "coverage",
+    "mcc",
+    "predictability_error",
+)
+
+
+def predictability_error(model, sae, dataset, latents: list[int], max_sentences: int = 100) -> float:
+    """Mean deviation from linearity of the class distribution when clamping each latent across its range."""
+    errors = []
+    for j in latents:
+        curve = np.array(
+            [
+                next_token_effects(
+                    model, sae, dataset, Intervention("clamp", [j], f, relative=True), max_sentences=max_sentences
+                )["class_prob_intervened"]
+                for f in CLAMP_FRACTIONS
+            ]
+        )
+        line = np.array([(1 - f) * curve[0] + f * curve[-1] for f in CLAMP_FRACTIONS])
+        errors.append(float(((curve - line) ** 2).sum(axis=1).mean()))
+    return float(np.mean(errors)) if errors else float("nan")
+
+
+@dataclass
+class SAEComparison:
+    """One row of metrics per SAE."""
+
+    rows: list[dict[str, Any]]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"columns": list(COLUMNS), "saes": self.rows}
+
+    def to_markdown(self) -> str:
+        head = "| SAE | causal beta | " + " | ".join(COLUMNS) + " |"
+        lines = [head, "|" + "---|" * (len(COLUMNS) + 2)]
+        for r in self.rows:
+            beta = r.get("causal", {}).get("coefficient", "–") if r.get("causal") else "–"
+            lines.append(f"| {r['name']} | {beta} | " + " | ".join(_fmt(r.get(c)) for c in COLUMNS) + " |")
+        return "\n".join(lines) + "\n"
+
+    def save(self, out_dir: str | os.PathLike) -> Path:
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        write_json(out / "comparison.json", self.to_dict())
+        atomic_write_text(out / "comparison.md", self.to_markdown())
+        self.plot(out / "comparison.png")
+        return out
+
+    def plot(self, path) -> None:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        shown = ("causal_loss", "predictability_error", "explained_variance", "validity")
+        fig, axes = plt.subplots(1, len(shown), figsize=(3.0 * len(shown), 3.0))
+        names = [r["name"] for r in self.rows]
+        for ax, col in zip(axes, shown, strict=True):
+            ax.bar(range(len(names)), [r.get(col) or 0 for r in self.rows], color="tab:blue")
+            ax.set_xticks(range(len(names)), names, rotation=30, ha="right", fontsize=7)
+            ax.set_title(col, fontsize=9)
+        fig.tight_layout()
+        fig.savefig(path, dpi=130)
+        plt.close(fig)
+
+
+def _fmt(x) -> str:
+    return "–" if x is None else f"{x:.4g}" if isinstance(x, float) else str(x)
+
+
+def compare_saes(
+    model,
+    dataset,
+    saes: list,
+    names: list[str] | None = None,
+    n_samples: int = 128,
+    repeats: int = 3,
+    n_latents: int = 3,
+    max_sentences: int = 200,
+) -> SAEComparison:
+    """Compare SAEs (objects or SAE directories) on the same model and dataset; see the module docstring."""
+    rows = []
+    for k, item in enumerate(saes):
+        sae = load_sae(item) if isinstance(item, (str, os.PathLike)) else item
+        name = names[k] if names else (Path(item).name if isinstance(item, (str, os.PathLike)) else f"sae{k}")
+        row: dict[str, Any] = {"name": name, "architecture": sae.cfg.architecture(), "d_sae": sae.cfg.d_sae}
+        if isinstance(item, (str, os.PathLike)) and (Path(item) / TRAIN_CONFIG_FILE).is_file():
+            row["causal"] = read_json(Path(item) / TRAIN_CONFIG_FILE).get("causal")
+        row.update(evaluate_sae(model, sae, dataset, n_samples=n_samples, repeats=repeats, max_sentences=max_sentences))
+        row["causal_loss"] = held_out_causal_loss(model, sae, dataset, max_sentences=max_sentences)
+        report = analyze(model, sae, dataset, max_sentences=max_sentences)
+        row.update(coverage=report.summary["coverage"], mcc=report.summary["mcc"])
+        ranked = sorted(report.targets.values(), key=lambda t: -abs(t["pearson"] or 0))
+        latents = list(dict.fromkeys(t["best_latent"] for t in ranked))[:n_latents]
+        row["predictability_latents"] = latents
+        row["predictability_error"] = predictability_error(model, sae, dataset, latents, max_sentences=min(max_sentences, 100))
+        rows.append(row)
+    return SAEComparison(rows)

@@ -1,0 +1,284 @@
+"""Causally regularised SAEs: the paper's interpolation loss (PAPER.md §8) as a training option.
+
+With f = E o L0 (model up to the hook, then the encoder) and g = W_LM o L1 o D (decoder, then the
+rest of the model), each sentence token t_i is paired with its nearest other token t_j *of the
+same sentence* in latent space, their latents are interpolated by s, and
+
+    L_caus = d( g((1 - s) l_i + s l_j),  (1 - s) y_i + s y_j )
+
+where y are the clean model's logits (as in the authors' code; equal to g(l) when the
+reconstruction is exact) and d is the MSE over logits or KL(softmax(target) || softmax(output)).
+The total loss is the base architecture's own SAELens training loss plus beta * L_caus.
+
+Unlike the authors' code, the interpolated activations are written exactly at the sentence
+positions of each sequence (theirs were shifted by the 7 prompt tokens and overwrote the prompt),
+many sentences are batched (pairs never cross sentences), and any hook point and any SAELens base
+architecture work. Gradients reach the SAE only: the model is frozen.
+
+Training has two optional phases: ``pretrain_steps`` of the plain objective with SAELens's
+``SAETrainer``, then ``steps`` with the causal term (at ``finetune_lr``), each over a batch of
+``sentences_per_step`` sentences. The result saves as a plain SAELens SAE of its base architecture.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import datasets
+import numpy as np
+import torch
+import torch.nn.functional as F
+from sae_lens import SAE
+from sae_lens.saes.sae import TrainCoefficientConfig, TrainStepInput
+from tqdm.auto import tqdm
+
+from formal_sae.activations import check_hook, iter_sentence_batches, padded_batch, sentence_mask
+from formal_sae.data import column, dataset_metadata
+from formal_sae.errors import SAEError
+from formal_sae.saes.training import SAETrainConfig, build_training_sae, fit_sae, model_name_of, sae_hook_width, to_inference
+
+
+@dataclass
+class CausalConfig:
+    """Settings of the causal term (PAPER.md §8.2-8.3; the paper: TopK k=16, expansion 2).
+
+    Attributes:
+        coefficient: beta, the weight of the causal loss.
+        distance: ``"mse"`` (on logits; the paper's final runs) or ``"kl"``.
+        step: ``"random"`` (s ~ U(0, 1), one draw per step, as the paper) or a fixed s in [0, 1].
+        schedule: ``"constant"`` beta, or ``"linear"``: a ramp from 0 to beta over the causal phase.
+        pretrain_steps: Steps of the plain SAE objective first (SAELens ``SAETrainer``; batches of
+            ``batch_size_tokens`` tokens); 0 trains with the causal term from the start.
+        steps: Steps with the causal term.
+        sentences_per_step: Sentences per causal step.
+        finetune_lr: Learning rate of the causal phase (default: the SAE's lr, or lr/10 after pretraining).
+    """
+
+    coefficient: float = 1.0
+    distance: str = "mse"
+    step: str | float = "random"
+    schedule: str = "constant"
+    pretrain_steps: int = 0
+    steps: int = 500
+    sentences_per_step: int = 32
+    finetune_lr: float | None = None
+
+    def validate(self) -> None:
+        if self.distance not in ("mse", "kl"):
+            raise SAEError(f"causal distance must be 'mse' or 'kl', got {self.distance!r}")
+        if self.schedule not in ("constant", "linear"):
+            raise SAEError(f"causal schedule must be 'constant' or 'linear', got {self.schedule!r}")
+        if self.step != "random" and not (isinstance(self.step, (int, float)) and 0 <= float(self.step) <= 1):
+            raise SAEError(f"causal step must be 'random' or a number in [0, 1], got {self.step!r}")
+        if self.coefficient < 0 or self.steps < 0 or self.pretrain_steps < 0 or self.sentences_per_step < 1:
+            raise SAEError("causal coefficient, steps and pretrain_steps must be >= 0 and sentences_per_step >= 1")
+
+    def beta(self, step: int) -> float:
+        return self.coefficient * (step / max(self.steps, 1) if self.schedule == "linear" else 1.0)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# ------------------------------------------------------------------------------ the loss
+def nearest_partner(latents: torch.Tensor, sentence: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """For each token, the index of the nearest other token of the same sentence in latent space
+    (Euclidean), and a mask of tokens that have one (a one-token sentence has no partner)."""
+    dist = torch.cdist(latents.detach().float(), latents.detach().float())
+    other = sentence[:, None] != sentence[None, :]
+    dist = dist.masked_fill(other | torch.eye(len(latents), dtype=torch.bool, device=latents.device), float("inf"))
+    best = dist.argmin(dim=1)
+    return best, torch.isfinite(dist.min(dim=1).values)
+
+
+def resume_layer(hook: str) -> int | None:
+    """The block to resume from when ``hook`` holds the whole residual stream, else None."""
+    m = re.fullmatch(r"blocks\.(\d+)\.hook_resid_(post|pre)", hook)
+    if not m:
+        return None
+    return int(m.group(1)) + (m.group(2) == "post")
+
+
+def run_rest(model, hook: str, tokens: torch.Tensor, activation: torch.Tensor) -> torch.Tensor:
+    """Logits of the model when ``activation`` (``[batch, pos, ...]``) replaces its activation at
+    ``hook``: resumed from the next block for residual-stream hooks, else by a replacing hook."""
+    layer = resume_layer(hook)
+    if layer is not None:
+        return model(activation, start_at_layer=layer)
+    return model.run_with_hooks(tokens, fwd_hooks=[(hook, lambda act, hook: activation.reshape(act.shape).to(act.dtype))])
+
+
+def causal_loss(
+    model,
+    sae,
+    hook: str,
+    tokens: torch.Tensor,
+    mask: torch.Tensor,
+    s: float,
+    distance: str = "mse",
+    clean: tuple[torch.Tensor, torch.Tensor] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The causal loss on a batch of sentences, and the SAE's latents at their tokens.
+
+    Args:
+        model: The frozen model.
+        sae: Any SAELens SAE (training or inference): its ``encode``/``decode`` are used.
+        hook: The SAE's hook point.
+        tokens: ``[batch, pos]`` padded token ids.
+        mask: ``[batch, pos]`` True at sentence tokens (the only positions edited and scored).
+        s: Interpolation step in [0, 1].
+        distance: ``"mse"`` or ``"kl"``.
+        clean: Precomputed ``(activations at hook, logits)`` of the clean run.
+    """
+    if clean is None:
+        with torch.no_grad():
+            logits, cache = model.run_with_cache(tokens, names_filter=hook)
+        clean = (cache[hook], logits)
+    x, y = clean
+    shape = x.shape
+    x = x.reshape(*shape[:2], -1)
+    sentence = mask.nonzero(as_tuple=True)[0].to(x.device)
+    latents = sae.encode(x[mask])
+    partner, paired = nearest_partner(latents, sentence)
+    mixed = latents + s * (latents[partner] - latents)
+    edited = x.clone()
+    edited[mask] = sae.decode(mixed).to(x.dtype)  # exactly at the sentence positions
+    logits = run_rest(model, hook, tokens, edited.reshape(shape))
+    y_sent = y[mask]
+    target = (y_sent + s * (y_sent[partner] - y_sent)).detach()
+    out = logits[mask][paired]
+    target = target[paired]
+    if len(out) == 0:
+        return logits.new_zeros(()), latents
+    if distance == "mse":
+        return F.mse_loss(out.float(), target.float()), latents
+    return F.kl_div(out.float().log_softmax(-1), target.float().softmax(-1), reduction="batchmean"), latents
+
+
+@torch.no_grad()
+def held_out_causal_loss(
+    model,
+    sae: SAE,
+    dataset: datasets.DatasetDict,
+    split: str = "test",
+    distance: str = "mse",
+    steps=(0.25, 0.5, 0.75),
+    max_sentences: int | None = 500,
+) -> float:
+    """Mean causal loss (linearity error along latent interpolations) on held-out sentences, at
+    fixed steps s so that different SAEs are compared on the same footing."""
+    hook = sae.cfg.metadata.hook_name
+    total, n = 0.0, 0
+    for batch in iter_sentence_batches(model, dataset[split], hook, 64, max_sentences):
+        tokens = batch.tokens.to(model.cfg.device)
+        logits, cache = model.run_with_cache(tokens, names_filter=hook)
+        for s in steps:
+            loss, _ = causal_loss(
+                model, sae, hook, tokens, batch.mask.to(tokens.device), s, distance, clean=(cache[hook], logits)
+            )
+            total += float(loss) * int(batch.mask.sum())
+            n += int(batch.mask.sum())
+    return total / max(n, 1)
+
+
+# ------------------------------------------------------------------------------ training
+def _sentence_batches(
+    split: datasets.Dataset, n: int, seed: int, pad_id: int, prompt_length: int
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Endless shuffled batches of ``n`` sentences: (padded tokens, sentence mask)."""
+    ids = column(split, "input_ids")
+    lengths = torch.tensor(column(split, "length"))
+    gen = torch.Generator().manual_seed(seed)
+    while True:
+        perm = torch.randperm(len(ids), generator=gen).tolist()
+        for start in range(0, len(perm) - n + 1, n):
+            rows = perm[start : start + n]
+            tokens = padded_batch([ids[r] for r in rows], pad_id)
+            yield tokens, sentence_mask(lengths[rows], prompt_length, tokens.shape[1])
+
+
+def train_causal_sae(
+    model,
+    dataset: datasets.DatasetDict,
+    config: SAETrainConfig | None = None,
+    causal: CausalConfig | None = None,
+    out_dir: str | os.PathLike | None = None,
+    progress: bool = True,
+    **overrides: Any,
+) -> SAE:
+    """Train an SAE with the paper's causal regulariser (default base: TopK, k=16, expansion 2).
+
+    Args:
+        model: A formal-sae model; it is frozen during training.
+        dataset: Its dataset (the ``train`` split supplies sentences).
+        config: The base SAE's settings (any SAELens architecture or ``paper``); ``overrides``
+            replace its fields.
+        causal: The causal term's settings (:class:`CausalConfig`).
+        out_dir: Where to save the SAE (SAELens format, base architecture).
+        progress: Show a progress bar of the causal phase.
+    """
+    config = dataclasses.replace(config or SAETrainConfig(architecture="topk", k=16, expansion_factor=2), **overrides)
+    causal = causal or CausalConfig()
+    causal.validate()
+    config.validate()
+    check_hook(model, config.hook_name)
+    meta = dataset_metadata(dataset)
+    t0 = time.perf_counter()
+    if causal.pretrain_steps:
+        pre = dataclasses.replace(config, training_tokens=causal.pretrain_steps * config.batch_size_tokens)
+        sae, _ = fit_sae(model, dataset, pre)
+        lr = causal.finetune_lr if causal.finetune_lr is not None else config.lr / 10
+    else:
+        torch.manual_seed(config.seed)
+        sae = build_training_sae(config, sae_hook_width(model, config.hook_name), model_name_of(model))
+        lr = causal.finetune_lr if causal.finetune_lr is not None else config.lr
+    for p in model.parameters():
+        p.requires_grad_(False)
+    optimizer = torch.optim.Adam(
+        [p for p in sae.parameters() if p.requires_grad], lr=lr, betas=(config.adam_beta1, config.adam_beta2)
+    )
+    coefficients = {k: v.value if isinstance(v, TrainCoefficientConfig) else v for k, v in sae.get_coefficients().items()}
+    batches = _sentence_batches(
+        dataset["train"], causal.sentences_per_step, config.seed, model.tokenizer.pad_token_id, meta.prompt_length
+    )
+    gen = np.random.default_rng(config.seed)
+    dead = torch.zeros(sae.cfg.d_sae, dtype=torch.bool)
+    bar = tqdm(range(causal.steps), disable=not progress, desc="causal SAE", dynamic_ncols=True)
+    sae.train()
+    for step in bar:
+        tokens, mask = next(batches)
+        tokens, mask = tokens.to(model.cfg.device), mask.to(model.cfg.device)
+        s = float(gen.uniform()) if causal.step == "random" else float(causal.step)
+        with torch.no_grad():
+            logits, cache = model.run_with_cache(tokens, names_filter=config.hook_name)
+        x = cache[config.hook_name]
+        base = sae.training_forward_pass(
+            TrainStepInput(
+                sae_in=x.reshape(*x.shape[:2], -1)[mask],
+                coefficients=coefficients,
+                dead_neuron_mask=dead,
+                n_training_steps=step,
+                is_logging_step=False,
+            )
+        )
+        beta = causal.beta(step)
+        caus, _ = (
+            causal_loss(model, sae, config.hook_name, tokens, mask, s, causal.distance, clean=(x, logits))
+            if beta
+            else (base.loss.new_zeros(()), None)
+        )
+        loss = base.loss + beta * caus
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(sae.parameters(), 1.0)  # as SAELens's SAETrainer
+        optimizer.step()
+        bar.set_postfix(mse=f"{base.losses['mse_loss'].item():.3g}", causal=f"{caus.item():.3g}", beta=f"{beta:.2g}")
+    inference = to_inference(sae, model, dataset, config, out_dir, extra={"causal": causal.to_dict()})
+    inference.formal_sae_train_seconds = time.perf_counter() - t0
+    return inference
