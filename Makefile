@@ -9,7 +9,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.formal-sae-installed
 TORCH_VERSION ?= 2.13.0
 TORCH_INDEX ?=
-DEMO_OUT ?= runs/demo
+DEMO_OUT ?= runs/quick
 export NO_MKDOCS_2_WARNING := 1
 
 .PHONY: demo test lint docs docs-serve bench clean
@@ -28,7 +28,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/formal-sae generate dyck2 --out $(DEMO_OUT)/dyck2 --n-train 20000 --n-validation 2000 --n-test 2000 --seed 0 --overwrite
+	$(BIN)/formal-sae reproduce --scale quick --out $(DEMO_OUT)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -174,3 +174,25 @@ def collect_activations(
     order = torch.from_numpy(np.lexsort((np.concatenate(positions), np.concatenate(rows))))
     acts = torch.cat(chunks)[order]
     return acts[:max_tokens] if max_tokens is not None else acts
+
+
+def resume_layer(hook: str) -> int | None:
+    """The block to resume from after ``hook`` when it holds the whole residual stream, else None."""
+    m = re.fullmatch(r"blocks\.(\d+)\.hook_resid_(post|pre)", hook)
+    if not m:
+        return None
+    return int(m.group(1)) + (m.group(2) == "post")
+
+
+def run_from_hook(model: HookedTransformer, hook: str, tokens: torch.Tensor, activation: torch.Tensor) -> torch.Tensor:
+    """Logits of the model when ``activation`` (``[batch, pos, ...]``) replaces its activation at
+    ``hook``: resumed from the next block for residual-stream hooks (skipping the layers before
+    it), else by a replacing hook on a full forward pass of ``tokens``."""
+    layer = resume_layer(hook)
+    if layer is not None:
+        return model(activation.reshape(*activation.shape[:2], -1), start_at_layer=layer)
+
+    def replace(act: torch.Tensor, hook) -> torch.Tensor:
+        return activation.reshape(act.shape).to(act.dtype)
+
+    return model.run_with_hooks(tokens, fwd_hooks=[(hook, replace)])

@@ -308,6 +308,51 @@ def _add_intervene(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_intervene)
 
 
+def _sweep(args: argparse.Namespace) -> None:
+    from formal_sae.saes.sweep import resolve_grid, sweep
+
+    model = formal_sae.load_model(args.model, device=args.device)
+    dataset = formal_sae.load_dataset_dir(args.data)
+    grid = resolve_grid(args.grid, model=model, scale=args.scale)
+    evaluation = {"n_samples": args.n_samples, "repeats": args.repeats, "max_sentences": args.max_sentences}
+    rows = sweep(model, dataset, grid, args.out, evaluate_kwargs=evaluation)
+    valid = [r["validity"] for r in rows if r.get("validity") is not None]
+    print(f"wrote {args.out}: {len(rows)} SAEs of grid {grid.name!r}; validity {min(valid):.3f}-{max(valid):.3f}; see results.md")
+
+
+def _add_sweep(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("sweep", help="train and evaluate a grid of SAEs on shared activations (resumable)")
+    p.add_argument("--grid", default="paper", help="'paper', 'paper-small' or a JSON grid file")
+    p.add_argument("--model", required=True)
+    p.add_argument("--data", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--scale", choices=["small", "paper"], default="small", help="training budget of the paper grid")
+    p.add_argument("--n-samples", type=int, default=64, help="validity samples per repeat, per cell")
+    p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--max-sentences", type=int, default=500, help="test sentences for the metrics of each cell")
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(func=_sweep)
+
+
+def _reproduce(args: argparse.Namespace) -> None:
+    from formal_sae.reproduce import reproduce
+
+    claims = reproduce(args.out, args.grammar, args.scale, seed=args.seed, device=args.device)
+    print(f"wrote {args.out}/report.md and {args.out}/claims.json")
+    for name, claim in claims.items():
+        print(f"  {name}: {'supported' if claim['supported'] else 'not supported'} - {claim['evidence']}")
+
+
+def _add_reproduce(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("reproduce", help="run the whole study and write a report with the paper's claims")
+    p.add_argument("--grammar", default="all", choices=["all", "dyck2", "expr", "english"])
+    p.add_argument("--scale", default="quick", choices=["quick", "small", "paper"])
+    p.add_argument("--out", required=True)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(func=_reproduce)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="formal-sae", description="Sparse autoencoders on formal languages, with ground truth.")
     parser.add_argument("--version", action="version", version=f"formal-sae {formal_sae.__version__}")
@@ -318,7 +363,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train_sae(sub)
     _add_analyze(sub)
     _add_intervene(sub)
+    _add_sweep(sub)
     _add_compare_saes(sub)
+    _add_reproduce(sub)
     return parser
 
 

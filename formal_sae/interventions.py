@@ -19,7 +19,6 @@ operator, each bracket, or ``<eos>``), and on generations.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,8 +28,9 @@ import numpy as np
 import torch
 from sae_lens import SAE
 from scipy import stats
+from transformer_lens import HookedTransformer
 
-from formal_sae.activations import check_hook, iter_sentence_batches
+from formal_sae.activations import check_hook, iter_sentence_batches, run_from_hook
 from formal_sae.data import column, dataset_metadata, grammar_of
 from formal_sae.errors import FormalSAEError
 from formal_sae.generation import PAPER_MAX_NEW_TOKENS, classify_sample, sample_sequences, spliced
@@ -80,7 +80,7 @@ def latent_ranges(
 
 
 @torch.no_grad()
-def source_latents(model, sae: SAE, source_tokens: torch.Tensor) -> torch.Tensor:
+def source_latents(model: HookedTransformer, sae: SAE, source_tokens: torch.Tensor) -> torch.Tensor:
     """Latents of the SAE on ``source_tokens`` (``[batch, pos, d_sae]``), for patching."""
     hook = sae.cfg.metadata.hook_name
     _, cache = model.run_with_cache(source_tokens.to(model.cfg.device), names_filter=hook)
@@ -187,7 +187,7 @@ def distribution_shift(clean_logits: torch.Tensor, new_logits: torch.Tensor, cla
 
 @torch.no_grad()
 def next_token_effects(
-    model,
+    model: HookedTransformer,
     sae: SAE,
     dataset: datasets.DatasetDict,
     intervention: Intervention,
@@ -290,7 +290,7 @@ def _effect(clean: np.ndarray, new: np.ndarray) -> dict[str, float]:
 
 @torch.no_grad()
 def compare_generations(
-    model,
+    model: HookedTransformer,
     sae: SAE,
     intervention: Intervention,
     dataset: datasets.DatasetDict | None = None,
@@ -348,7 +348,7 @@ def compare_generations(
 # ------------------------------------------------------------------------------ all latents at once
 @torch.no_grad()
 def single_latent_effects(
-    model,
+    model: HookedTransformer,
     sae: SAE,
     dataset: datasets.DatasetDict,
     split: str = "test",
@@ -373,7 +373,6 @@ def single_latent_effects(
     kl_sum, tv_sum, n_active, kl_all = np.zeros(d), np.zeros(d), np.zeros(d), np.zeros(d)
     total_positions = 0
     prompt_len = dataset_metadata(dataset).prompt_length
-    start_layer = _resume_layer(hook)
     for batch in iter_sentence_batches(model, dataset[split], hook, 64, max_sentences):
         tokens = batch.tokens.to(model.cfg.device)
         clean_logits, cache = model.run_with_cache(tokens, names_filter=hook)
@@ -396,7 +395,7 @@ def single_latent_effects(
             edited = sae.encode(x[seq]).clone()
             edited[torch.arange(len(chunk)), :, lat] = 0
             x_new = sae.decode(edited) + error[seq]
-            logits = _run_from_hook(model, hook, start_layer, tokens[seq], x_new)
+            logits = run_from_hook(model, hook, tokens[seq], x_new)
             shift = distribution_shift(clean_logits[seq].cpu(), logits.cpu(), classes)
             active = fires[seq, :, lat].cpu()  # [chunk, pos]
             np.add.at(kl_sum, lat.numpy(), (shift["kl"] * active).sum(1).numpy())
@@ -410,27 +409,6 @@ def single_latent_effects(
             "kl_mean": kl_all / max(total_positions, 1),
             "n_active": n_active,
         }
-
-
-def _resume_layer(hook: str) -> int | None:
-    """The block to resume from after ``hook`` if the activation there is the whole residual stream."""
-    m = re.fullmatch(r"blocks\.(\d+)\.hook_resid_post", hook)
-    if m:
-        return int(m.group(1)) + 1
-    m = re.fullmatch(r"blocks\.(\d+)\.hook_resid_pre", hook)
-    return int(m.group(1)) if m else None
-
-
-def _run_from_hook(model, hook: str, start_layer: int | None, tokens: torch.Tensor, activation: torch.Tensor) -> torch.Tensor:
-    """Logits when ``activation`` replaces the activation at ``hook`` (resuming mid-model when possible)."""
-    if start_layer is not None:
-        return model(activation.reshape(*activation.shape[:2], -1), start_at_layer=start_layer)
-    shaped = activation
-
-    def replace(act: torch.Tensor, hook) -> torch.Tensor:
-        return shaped.reshape(act.shape).to(act.dtype)
-
-    return model.run_with_hooks(tokens, fwd_hooks=[(hook, replace)])
 
 
 @torch.no_grad()

@@ -15,8 +15,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import datasets
 import numpy as np
 from sae_lens import SAE
+from transformer_lens import HookedTransformer
 
 from formal_sae.analysis.aligned import AlignedLatents, collect_aligned
 from formal_sae.analysis.metrics import (
@@ -221,9 +223,9 @@ def _fmt(x) -> str:
 
 
 def analyze(
-    model,
+    model: HookedTransformer,
     sae: SAE,
-    dataset,
+    dataset: datasets.DatasetDict,
     split: str = "test",
     selection_split: str = "validation",
     features: list[str] | None = None,

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import re
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -37,8 +36,9 @@ import torch.nn.functional as F
 from sae_lens import SAE
 from sae_lens.saes.sae import TrainCoefficientConfig, TrainStepInput
 from tqdm.auto import tqdm
+from transformer_lens import HookedTransformer
 
-from formal_sae.activations import check_hook, iter_sentence_batches, padded_batch, sentence_mask
+from formal_sae.activations import check_hook, iter_sentence_batches, padded_batch, run_from_hook, sentence_mask
 from formal_sae.data import column, dataset_metadata
 from formal_sae.errors import SAEError
 from formal_sae.saes.training import SAETrainConfig, build_training_sae, fit_sae, model_name_of, sae_hook_width, to_inference
@@ -97,25 +97,8 @@ def nearest_partner(latents: torch.Tensor, sentence: torch.Tensor) -> tuple[torc
     return best, torch.isfinite(dist.min(dim=1).values)
 
 
-def resume_layer(hook: str) -> int | None:
-    """The block to resume from when ``hook`` holds the whole residual stream, else None."""
-    m = re.fullmatch(r"blocks\.(\d+)\.hook_resid_(post|pre)", hook)
-    if not m:
-        return None
-    return int(m.group(1)) + (m.group(2) == "post")
-
-
-def run_rest(model, hook: str, tokens: torch.Tensor, activation: torch.Tensor) -> torch.Tensor:
-    """Logits of the model when ``activation`` (``[batch, pos, ...]``) replaces its activation at
-    ``hook``: resumed from the next block for residual-stream hooks, else by a replacing hook."""
-    layer = resume_layer(hook)
-    if layer is not None:
-        return model(activation, start_at_layer=layer)
-    return model.run_with_hooks(tokens, fwd_hooks=[(hook, lambda act, hook: activation.reshape(act.shape).to(act.dtype))])
-
-
 def causal_loss(
-    model,
+    model: HookedTransformer,
     sae,
     hook: str,
     tokens: torch.Tensor,
@@ -149,7 +132,7 @@ def causal_loss(
     mixed = latents + s * (latents[partner] - latents)
     edited = x.clone()
     edited[mask] = sae.decode(mixed).to(x.dtype)  # exactly at the sentence positions
-    logits = run_rest(model, hook, tokens, edited.reshape(shape))
+    logits = run_from_hook(model, hook, tokens, edited.reshape(shape))
     y_sent = y[mask]
     target = (y_sent + s * (y_sent[partner] - y_sent)).detach()
     out = logits[mask][paired]
@@ -163,7 +146,7 @@ def causal_loss(
 
 @torch.no_grad()
 def held_out_causal_loss(
-    model,
+    model: HookedTransformer,
     sae: SAE,
     dataset: datasets.DatasetDict,
     split: str = "test",
@@ -178,12 +161,14 @@ def held_out_causal_loss(
     for batch in iter_sentence_batches(model, dataset[split], hook, 64, max_sentences):
         tokens = batch.tokens.to(model.cfg.device)
         logits, cache = model.run_with_cache(tokens, names_filter=hook)
+        lengths = batch.mask.sum(1)
+        paired = int(lengths[lengths > 1].sum())  # causal_loss averages over tokens with a partner
         for s in steps:
             loss, _ = causal_loss(
                 model, sae, hook, tokens, batch.mask.to(tokens.device), s, distance, clean=(cache[hook], logits)
             )
-            total += float(loss) * int(batch.mask.sum())
-            n += int(batch.mask.sum())
+            total += float(loss) * paired
+            n += paired
     return total / max(n, 1)
 
 
@@ -204,7 +189,7 @@ def _sentence_batches(
 
 
 def train_causal_sae(
-    model,
+    model: HookedTransformer,
     dataset: datasets.DatasetDict,
     config: SAETrainConfig | None = None,
     causal: CausalConfig | None = None,
@@ -228,6 +213,10 @@ def train_causal_sae(
     causal.validate()
     config.validate()
     check_hook(model, config.hook_name)
+    if len(dataset["train"]) < causal.sentences_per_step:  # else the batch iterator never yields
+        raise SAEError(
+            f"the train split has {len(dataset['train'])} sentences, fewer than sentences_per_step={causal.sentences_per_step}"
+        )
     meta = dataset_metadata(dataset)
     t0 = time.perf_counter()
     if causal.pretrain_steps:
@@ -238,7 +227,8 @@ def train_causal_sae(
         torch.manual_seed(config.seed)
         sae = build_training_sae(config, sae_hook_width(model, config.hook_name), model_name_of(model))
         lr = causal.finetune_lr if causal.finetune_lr is not None else config.lr
-    for p in model.parameters():
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    for p in trainable:
         p.requires_grad_(False)
     optimizer = torch.optim.Adam(
         [p for p in sae.parameters() if p.requires_grad], lr=lr, betas=(config.adam_beta1, config.adam_beta2)
@@ -279,6 +269,8 @@ def train_causal_sae(
         torch.nn.utils.clip_grad_norm_(sae.parameters(), 1.0)  # as SAELens's SAETrainer
         optimizer.step()
         bar.set_postfix(mse=f"{base.losses['mse_loss'].item():.3g}", causal=f"{caus.item():.3g}", beta=f"{beta:.2g}")
+    for p in trainable:  # the model is frozen during training only
+        p.requires_grad_(True)
     inference = to_inference(sae, model, dataset, config, out_dir, extra={"causal": causal.to_dict()})
     inference.formal_sae_train_seconds = time.perf_counter() - t0
     return inference

@@ -27,6 +27,7 @@ import torch
 from sae_lens import SAE
 from sae_lens.evals import get_recons_loss
 from sae_lens.training.activation_scaler import ActivationScaler
+from transformer_lens import HookedTransformer
 
 from formal_sae.activations import iter_sentence_batches
 from formal_sae.data import dataset_metadata, grammar_of
@@ -35,7 +36,7 @@ from formal_sae.generation import evaluate_validity
 from formal_sae.saes.training import flush_denormals, sae_hook_width
 
 
-def check_sae_fits(model, sae: SAE) -> str:
+def check_sae_fits(model: HookedTransformer, sae: SAE) -> str:
     """The SAE's hook name, after checking the model has it and its width is the SAE's ``d_in``."""
     hook = sae.cfg.metadata.hook_name
     if not hook:
@@ -60,7 +61,7 @@ def with_splice(sae: SAE, splice: str) -> SAE:
 
 @torch.no_grad()
 def evaluate_sae(
-    model,
+    model: HookedTransformer,
     sae: SAE,
     dataset: datasets.DatasetDict,
     split: str = "test",

@@ -1,0 +1,181 @@
+"""SAE sweeps: grids, the paper grid's size, shared activations, resume, outputs (tiny and fast)."""
+
+import json
+
+import pytest
+from sae_lens import SAE
+
+import formal_sae
+from formal_sae.errors import SAEError
+from formal_sae.saes import sweep as sweep_mod
+from formal_sae.saes import training as training_mod
+from formal_sae.saes.sweep import SweepGrid, grid_from_dict, load_grid, paper_grid, sweep
+
+POST, MID = "blocks.0.hook_resid_post", "blocks.0.hook_resid_mid"
+EVAL = {"n_samples": 4, "repeats": 1, "max_sentences": 16, "batch_size": 16}
+TINY_GRID = {
+    "name": "tiny",
+    "base": {"architecture": "paper", "training_tokens": 256, "batch_size_tokens": 64, "lr": 1e-3, "expansion_factor": 2},
+    "axes": {"hook_name": [POST, MID], "k": [4, 8]},
+}
+
+
+@pytest.fixture(scope="module")
+def setup():
+    ds = formal_sae.build_dataset("expr", n_train=300, n_validation=10, n_test=20, seed=0)
+    meta = formal_sae.dataset_metadata(ds)
+    tok = formal_sae.build_tokenizer(formal_sae.grammar_of(meta))
+    model = formal_sae.build_model(formal_sae.ModelConfig.from_preset("tiny"), tok, meta)
+    return model, ds
+
+
+class Counter:
+    def __init__(self, fn):
+        self.fn, self.calls = fn, []
+
+    def __call__(self, *args, **kwargs):
+        self.calls.append((args, kwargs))
+        return self.fn(*args, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def swept(setup, tmp_path_factory):
+    """The tiny grid swept once, counting LM activation passes and SAE trainings."""
+    model, ds = setup
+    out = tmp_path_factory.mktemp("sweep")
+    with pytest.MonkeyPatch.context() as mp:
+        collect = Counter(training_mod.collect_activations)
+        train = Counter(sweep_mod.train_sae)
+        mp.setattr(training_mod, "collect_activations", collect)
+        mp.setattr(sweep_mod, "train_sae", train)
+        rows = sweep(model, ds, TINY_GRID, out, evaluate_kwargs=EVAL, progress=False)
+    return out, rows, collect, train
+
+
+def test_grid_from_dict_is_the_cartesian_product_with_stable_ids(tmp_path):
+    grid = grid_from_dict(
+        {
+            "name": "g",
+            "base": {"training_tokens": 1000},
+            "axes": {"architecture": ["topk", "paper"], "k": [8, 16], "expansion_factor": [2, 4]},
+            "exclude": [{"architecture": "paper", "k": 16}],
+        }
+    )
+    assert len(grid) == 2 * 2 * 2 - 2
+    assert grid.ids[:4] == ["topk-k8-x2", "topk-k8-x4", "topk-k16-x2", "topk-k16-x4"]
+    assert "paper-k16-x2" not in grid.ids
+    cell = grid["paper-k8-x4"]
+    assert (cell.config.architecture, cell.config.k, cell.config.expansion_factor, cell.config.training_tokens) == (
+        "paper",
+        8,
+        4,
+        1000,
+    )
+    # round trip through JSON, and loading from a file
+    again = SweepGrid.from_dict(json.loads(json.dumps(grid.to_dict())))
+    assert again == grid
+    grid.save(tmp_path / "g.json")
+    assert load_grid(tmp_path / "g.json") == grid
+    assert grid_from_dict({"name": "l1", "axes": {"architecture": ["standard"], "l1_coefficient": [0.1]}}).ids == [
+        "standard-a0.1"
+    ]
+    with pytest.raises(SAEError, match="not SAETrainConfig fields"):
+        grid_from_dict({"name": "bad", "axes": {"kk": [1]}})
+    with pytest.raises(SAEError, match="unique"):
+        grid_from_dict({"name": "dup", "cells": [{"id": "a", "k": 8}, {"id": "a", "k": 16}]})
+    with pytest.raises(SAEError, match=r"cell 'k8-a0\.1'"):  # TopK and L1 together
+        grid_from_dict({"name": "both", "base": {"architecture": "paper"}, "axes": {"k": [8], "l1_coefficient": [0.1]}})
+    with pytest.raises(SAEError, match="unknown grid"):
+        load_grid("no-such-grid")
+
+
+def test_paper_grid_cell_counts_match_the_paper():
+    # per variant: L1 = 4 expansion factors x 6 alphas = 24; TopK = k in {8..128} with k <= d_in * x
+    per_variant = {128: 24 + 5 * 4, 64: 24 + 4 + 5 * 3, 32: 24 + 3 + 4 + 5 + 5}
+    for d_in, n in per_variant.items():
+        assert len(paper_grid("small", d_in=d_in)) == 4 * n
+    assert len(paper_grid("paper")) == 176  # the paper's 44 SAEs per variant, x 4 variants
+    grid = paper_grid("small", d_in=64, variants=["none"], sparsity=["topk"])
+    assert len(grid) == 19 and "topk-k128-x1-none" not in grid.ids and "topk-k128-x2-none" in grid.ids
+    assert "topk-k128-x1-none" in paper_grid("paper").ids  # k = d_sae at d_in 128: kept, as in the paper
+    l1 = paper_grid("paper")["l1-a0.01-x2-prebias+input+dec"].config
+    assert (l1.architecture, l1.l1_coefficient, l1.k, l1.expansion_factor) == ("paper", 0.01, None, 2)
+    assert l1.pre_bias and l1.normalize_input and l1.normalize_decoder and not l1.normalize_recon
+    assert (l1.lr, l1.training_tokens, l1.batch_size_tokens) == (1e-5, 5000 * 1024, 1024)
+    small = paper_grid("small")
+    assert small.name == "paper-small" and small.cells[0].config.lr == 1e-4  # steps x lr as the paper's
+    assert small.cells[0].config.batch_size_tokens == 1024  # alpha is summed over the batch: same batch size
+    assert load_grid("paper-small", d_in=64) == paper_grid("small", d_in=64)
+    assert load_grid("paper", scale="small", d_in=64) == paper_grid("small", d_in=64)
+    with pytest.raises(SAEError, match="unknown paper variant"):
+        paper_grid(variants=["recon"])
+
+
+def test_sweep_writes_results_heatmaps_and_loadable_saes(swept):
+    out, rows, _, train = swept
+    grid = grid_from_dict(TINY_GRID)
+    assert [r["cell_id"] for r in rows] == grid.ids and len(train.calls) == 4
+    for name in ("grid.json", "results.csv", "results.json", "results.md"):
+        assert (out / name).is_file()
+    assert json.loads((out / "results.json").read_text()) == json.loads(json.dumps(rows))
+    csv_lines = (out / "results.csv").read_text().strip().splitlines()
+    assert len(csv_lines) == 1 + 4 and csv_lines[0].startswith("cell_id,")
+    md = (out / "results.md").read_text()
+    assert all(f"`{cid}`" in md for cid in grid.ids)
+    for cell in grid.cells:
+        d = out / "cells" / cell.id
+        record = json.loads((d / "metrics.json").read_text())
+        assert record["config"] == cell.config.to_dict() and record["train_seconds"] > 0
+        assert 0.0 <= record["metrics"]["validity"] <= 1.0
+        sae = SAE.load_from_disk(str(d))
+        assert sae.cfg.metadata.hook_name == cell.config.hook_name and sae.cfg.d_sae == 2 * 32
+    row = rows[0]
+    assert (row["sparsity"], row["sparsity_value"], row["variant"], row["expansion_factor"]) == ("topk", 4, "none", 2)
+    assert {"validity", "explained_variance", "l0", "ce_loss_score", "train_seconds"} <= set(row)
+    pngs = sorted((out / "heatmaps").glob("*.png"))
+    assert len(pngs) == 2  # one per hook (TopK, variant none)
+    assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in pngs)
+
+
+def test_activations_are_computed_once_per_hook(swept):
+    _, _, collect, train = swept
+    hooks = sorted(call[0][2] if len(call[0]) > 2 else call[1]["hook_name"] for call in collect.calls)
+    assert hooks == [MID, POST]
+    assert all(call[1]["activations"] is not None for call in train.calls)  # every cell trained on the shared cache
+
+
+def test_resume_skips_finished_cells_and_gives_the_same_results(setup, swept, monkeypatch):
+    model, ds = setup
+    out, rows, _, _ = swept
+    train = Counter(sweep_mod.train_sae)
+    monkeypatch.setattr(sweep_mod, "train_sae", train)
+    assert sweep(model, ds, TINY_GRID, out, evaluate_kwargs=EVAL, progress=False) == rows
+    assert train.calls == []
+    (out / "cells" / rows[1]["cell_id"] / "metrics.json").unlink()  # an interrupted cell is redone
+    again = sweep(model, ds, TINY_GRID, out, evaluate_kwargs=EVAL, progress=False)
+    assert len(train.calls) == 1 and train.calls[0][0][2].k == rows[1]["k"]
+    assert [r for i, r in enumerate(again) if i != 1] == [r for i, r in enumerate(rows) if i != 1]
+
+
+def test_a_different_grid_or_evaluation_in_the_same_directory_is_refused(setup, swept, monkeypatch):
+    model, ds = setup
+    out, _, _, _ = swept
+    train = Counter(sweep_mod.train_sae)
+    monkeypatch.setattr(sweep_mod, "train_sae", train)
+    other = {**TINY_GRID, "axes": {"hook_name": [POST], "k": [4, 16]}}
+    with pytest.raises(SAEError, match=r"holds a different sweep.*cells only here: .*k16"):
+        sweep(model, ds, other, out, evaluate_kwargs=EVAL, progress=False)
+    with pytest.raises(SAEError, match="evaluation settings"):
+        sweep(model, ds, TINY_GRID, out, evaluate_kwargs={**EVAL, "n_samples": 8}, progress=False)
+    assert train.calls == []
+
+
+def test_sweep_without_evaluation_and_bad_cells_fail_before_training(setup, tmp_path):
+    model, ds = setup
+    grid = {**TINY_GRID, "axes": {"k": [4]}}
+    rows = sweep(model, ds, grid, tmp_path / "train-only", evaluate=False, progress=False)
+    assert len(rows) == 1 and rows[0]["eval_seconds"] is None and "validity" not in rows[0]
+    assert not (tmp_path / "train-only" / "heatmaps").exists() or not list((tmp_path / "train-only" / "heatmaps").iterdir())
+    with pytest.raises(SAEError, match=r"(?s)cannot be trained on this model.*k=128"):
+        sweep(model, ds, {**TINY_GRID, "axes": {"k": [4, 128]}}, tmp_path / "bad", evaluate=False, progress=False)
+    assert not (tmp_path / "bad").exists()
