@@ -22,13 +22,12 @@ is trained (``--lm-steps`` steps at lr ``--lm-lr``) and saved there.
 from __future__ import annotations
 
 import argparse
-import datetime
-import platform
 import sys
 import time
 from pathlib import Path
 
 import torch
+from common import fresh_dataset, log, machine, small_model
 
 import formal_sae
 from formal_sae import CausalConfig, SAETrainConfig
@@ -36,50 +35,11 @@ from formal_sae.comparison import compare_saes
 from formal_sae.saes.causal import train_causal_sae
 
 
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def get_model(grammar: str, args):
-    directory = Path(args.model_dir.format(grammar=grammar))
-    if (directory / "model.safetensors").is_file():
-        log(f"[{grammar}] loading the model in {directory}")
-        return formal_sae.load_model(directory)
-    log(f"[{grammar}] training a small model ({args.lm_steps} steps, lr {args.lm_lr}) into {directory} ...")
-    ds = formal_sae.build_dataset(grammar, n_train=50_000, n_validation=1_000, n_test=1_000, seed=0)
-    train = formal_sae.TrainConfig(
-        steps=args.lm_steps, lr=args.lm_lr, warmup_steps=min(200, args.lm_steps // 10), eval_every=max(1, args.lm_steps // 4)
-    )
-    return formal_sae.train_model(ds, "small", train, out_dir=directory, progress=False)
-
-
-def sae_dataset(model, args):
-    """Fresh sentences of the model's grammar and prompt format (seed 1, not the LM's seed 0)."""
-    meta = model.formal_sae_data
-    return formal_sae.build_dataset(
-        formal_sae.grammar_of(meta),
-        n_train=args.sae_sentences,
-        n_validation=args.eval_sentences,
-        n_test=args.eval_sentences,
-        seed=1,
-        prompt_format=meta.prompt_format,
-    )
-
-
 def run_grammar(grammar: str, args, workdir: Path) -> list[dict]:
-    model = get_model(grammar, args)
-    ds = sae_dataset(model, args)
+    _, model, _ = small_model(
+        grammar, args.lm_steps, n_train=50_000, lr=args.lm_lr, out_dir=args.model_dir.format(grammar=grammar)
+    )
+    ds = fresh_dataset(model, args.sae_sentences, args.eval_sentences)
     base_validity = formal_sae.evaluate_validity(model, n_samples=args.n_samples, repeats=args.repeats, seed=0)
     config = SAETrainConfig(architecture="topk", k=16, expansion_factor=2, batch_size_tokens=args.batch_size_tokens, seed=0)
     dirs, seconds = [], {}
@@ -160,8 +120,7 @@ def main() -> None:
         rows += run_grammar(grammar, args, Path(args.workdir))
         print("\n".join(table(rows)), file=sys.stderr, flush=True)
     print(
-        f"Machine: {cpu_model()}, {torch.get_num_threads()} torch thread(s) (2 CPU cores shared with other jobs), "
-        f"torch {torch.__version__}, {datetime.date.today().isoformat()}; total {time.perf_counter() - t0:.0f} s.\n"
+        f"{machine()} Total {time.perf_counter() - t0:.0f} s.\n"
         f"SAEs: TopK k=16, expansion 2 at `blocks.0.hook_resid_post`; both {args.pretrain_steps} pretraining steps "
         f"x {args.batch_size_tokens} tokens (lr 3e-3), then {args.causal_steps} steps x {args.sentences_per_step} sentences "
         f"(lr 3e-4, s ~ U(0,1), MSE on logits); plain: beta 0, causal: beta {args.coefficient:g}. "

@@ -16,41 +16,18 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import os
-import platform
 import statistics
-import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import nltk
+from common import best_time, log, machine
 
 from formal_sae import list_grammars, load_grammar
 from formal_sae.grammars.sampler import naive_sample
 
 TARGET_SAMPLER = 10.0  # sampler >= 10x naive_sample
 TARGET_RECOGNIZER = 300.0  # is_grammatical >= 300x ViterbiParser
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
-
-
-def best_time(fn: Callable[[], object], repeats: int) -> float:
-    """Smallest wall time of ``repeats`` calls (each call must set up its own cold state)."""
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
 
 
 def time_recognizer(name: str, method: str, sentences: Sequence[list[str]], repeats: int) -> float:
@@ -160,16 +137,13 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     started = datetime.datetime.now()
     print("## Grammars: sampling and grammaticality\n")
-    print(
-        f"Machine: {cpu_model()}, {os.cpu_count()} CPU cores; Python {platform.python_version()}, "
-        f"NLTK {nltk.__version__}; {started:%Y-%m-%d}; load average at start {os.getloadavg()[0]:.2f}.\n"
-    )
+    print(f"{machine()} NLTK {nltk.__version__}.\n")
     rows = []
     for name in names:
-        print(f"[bench] {name} ...", file=sys.stderr, flush=True)
+        log(f"[bench] {name} ...")
         t = time.perf_counter()
         rows.append(bench(name, n_sample, n_recognize, n_viterbi, repeats, slow_repeats))
-        print(f"[bench] {name} done in {time.perf_counter() - t:.1f}s", file=sys.stderr, flush=True)
+        log(f"[bench] {name} done in {time.perf_counter() - t:.1f}s")
     print(table(rows, n_sample, n_recognize, n_viterbi))
     print(f"\nTotal benchmark time: {(datetime.datetime.now() - started).total_seconds():.0f} s.")
 

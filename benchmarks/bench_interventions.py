@@ -16,36 +16,14 @@ Usage: ``python benchmarks/bench_interventions.py [--quick] [--grammars expr dyc
 from __future__ import annotations
 
 import argparse
-import datetime
-import platform
 import time
 
 import numpy as np
 import torch
+from common import machine, small_model
 
 import formal_sae
 from formal_sae.interventions import effects_loop_baseline, single_latent_effects
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def build(grammar: str, steps: int, n_train: int, n_test: int):
-    ds = formal_sae.build_dataset(grammar, n_train=n_train, n_validation=200, n_test=n_test, seed=0)
-    train = formal_sae.TrainConfig(
-        steps=steps, lr=3e-3, warmup_steps=min(50, steps // 5), eval_every=steps, checkpoint_every=10**9, final_validity_repeats=1
-    )
-    t0 = time.perf_counter()
-    model = formal_sae.train_model(ds, "small", train, progress=False)
-    return ds, model, time.perf_counter() - t0
 
 
 def bench(label: str, model, ds, expansions: list[int], k: int, sae_tokens: int, sentences: int, loop_latents: int | None):
@@ -91,8 +69,7 @@ def main() -> None:
     if args.quick:
         args.steps, args.expansions, args.sentences = 30, [1, 2], 20
     print(
-        f"machine: {cpu_model()}, {torch.get_num_threads()} torch thread(s); torch {torch.__version__}; "
-        f"{datetime.date.today().isoformat()}",
+        machine(),
         flush=True,
     )
     rows = []
@@ -103,7 +80,7 @@ def main() -> None:
         rows += bench(args.model, model, ds, args.expansions, args.k, 50_000, args.sentences, args.loop_latents)
     else:
         for g in args.grammars:
-            ds, model, seconds = build(g, args.steps, n_train=20_000, n_test=args.sentences)
+            ds, model, seconds = small_model(g, args.steps, n_eval=args.sentences)
             print(f"trained small on {g}: {args.steps} steps in {seconds:.0f} s", flush=True)
             label = f"{g} (small, {args.steps} steps)"
             rows += bench(label, model, ds, args.expansions, args.k, 50_000, args.sentences, args.loop_latents)

@@ -16,10 +16,10 @@ Usage: ``python benchmarks/bench_models.py [--quick] [--targets] [--budget 180]`
 from __future__ import annotations
 
 import argparse
-import platform
 import time
 
 import torch
+from common import machine
 from nltk import ViterbiParser
 
 import formal_sae
@@ -115,10 +115,7 @@ def main() -> None:
     parser.add_argument("--budget", type=float, default=180.0)
     parser.add_argument("--grammars", nargs="*", default=["dyck2", "expr", "english"])
     args = parser.parse_args()
-    torch.set_num_threads(torch.get_num_threads())
-    print(
-        f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}\n"
-    )
+    print(machine() + "\n")
 
     steps = 5 if args.quick else 40
     print("## Training throughput (real tokens/s, batch 128)\n")

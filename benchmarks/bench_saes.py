@@ -23,17 +23,15 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import datetime
-import platform
 import random
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import datasets
 import torch
+from common import fresh_dataset, log, machine, small_model
 
 import formal_sae
 from formal_sae.activations import DEFAULT_HOOK, hook_width
@@ -42,37 +40,6 @@ from formal_sae.saes.training import SAETrainConfig, cache_activations, flush_de
 
 TARGET_THROUGHPUT = 0.9  # formal-sae >= 0.9x SAELens
 TARGET_SHARING = 3.0  # sweep >= 3x separate runs
-
-
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def get_model(args, workdir: Path):
-    if args.model:
-        return formal_sae.load_model(args.model)
-    log(f"training a {args.preset} model on expr ({args.lm_steps} steps) ...")
-    ds = formal_sae.build_dataset("expr", n_train=20_000, n_validation=500, n_test=500, seed=0)
-    cfg = formal_sae.TrainConfig(steps=args.lm_steps, batch_size=64, eval_every=args.lm_steps, validity_samples=64)
-    return formal_sae.train_model(ds, args.preset, cfg, out_dir=workdir / "model", progress=False)
-
-
-def dataset_for(model, n_train: int, n_test: int = 1000) -> datasets.DatasetDict:
-    meta = model.formal_sae_data
-    return formal_sae.build_dataset(
-        formal_sae.grammar_of(meta), n_train=n_train, n_validation=10, n_test=n_test, seed=1, prompt_format=meta.prompt_format
-    )
 
 
 def saelens_dataset(ds: datasets.DatasetDict, context_size: int) -> datasets.Dataset:
@@ -130,7 +97,7 @@ def throughput(model, args, workdir: Path) -> list[str]:
     d_in = hook_width(model, DEFAULT_HOOK)
     exp, k, batch, tokens = 4, 16, 1024, args.tokens
     n_train = int(tokens / 4.0) + 2000  # expr sentences average ~4.8 tokens: more tokens than the budget
-    ds = dataset_for(model, n_train)
+    ds = fresh_dataset(model, n_train)
     hf_ds = saelens_dataset(ds, model.cfg.n_ctx)
     terminals = formal_sae.grammar_of(model.formal_sae_data).terminals
     grammar_ids = set(model.tokenizer.convert_tokens_to_ids(list(terminals)))
@@ -174,7 +141,7 @@ def sharing(model, args, workdir: Path) -> list[str]:
         "base": {"architecture": "paper", "training_tokens": tokens, "batch_size_tokens": 1024, "lr": 1e-3},
         "axes": {"expansion_factor": [1, 2], "k": [8, 16, 32]},
     }
-    ds = dataset_for(model, int(tokens / 4.0) + 2000)  # fresh tokens for every run, as the paper's online data
+    ds = fresh_dataset(model, int(tokens / 4.0) + 2000)  # fresh tokens for every run, as the paper's online data
     grid = grid_from_dict(cells)
     log(f"(b) sweep over {len(grid)} cells (shared cache, no evaluation) ...")
     with timer() as shared:
@@ -203,7 +170,7 @@ def sharing(model, args, workdir: Path) -> list[str]:
 def paper_small(model, args, workdir: Path) -> list[str]:
     d_in = hook_width(model, DEFAULT_HOOK)
     grid = paper_grid("small", d_in=d_in)
-    ds = dataset_for(model, args.grid_sentences)
+    ds = fresh_dataset(model, args.grid_sentences)
     if args.full_grid:
         log(f"(c) the whole paper-small grid ({len(grid)} cells) ...")
         with timer() as t:
@@ -263,11 +230,12 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     workdir = Path(tempfile.mkdtemp(prefix="bench-saes-"))
     try:
-        model = get_model(args, workdir)
+        if args.model:
+            model = formal_sae.load_model(args.model)
+        else:
+            _, model, _ = small_model("expr", args.lm_steps, preset=args.preset, out_dir=workdir / "model")
         lines = [
-            f"Machine: {cpu_model()}, {torch.get_num_threads()} torch thread(s) (2 CPU cores shared with other jobs), "
-            f"torch {torch.__version__}, {datetime.date.today().isoformat()}. Model: `{model_name_of(model)}` "
-            f"(d_model {model.cfg.d_model}), hook `{DEFAULT_HOOK}`.",
+            f"{machine()} Model: `{model_name_of(model)}` (d_model {model.cfg.d_model}), hook `{DEFAULT_HOOK}`.",
             "",
         ]
         if "a" in args.parts:

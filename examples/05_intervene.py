@@ -16,59 +16,22 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 
 import numpy as np
-import torch
+from common import dataset_and_model, example_parser, parse_example_args, sae_to_study
 
 import formal_sae
 
 
 def parse_args() -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", type=Path, help="a model directory (example 02); needs --data. Default: train a small one")
-    p.add_argument("--data", type=Path, help="the model's dataset directory")
-    p.add_argument("--sae", type=Path, help="an SAE directory (example 03). Default: train a TopK SAE here")
-    p.add_argument("--grammar", default="dyck2", help="grammar of the model trained when --model is not given")
+    p = example_parser(__doc__, "05", sae=True)
     p.add_argument("--feature", help="intervene on the best latent of this target (default: the best-correlated one)")
     p.add_argument("--n-samples", type=int, default=200, help="generations per condition")
     p.add_argument("--max-sentences", type=int, default=300, help="test sentences for teacher-forced effects")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--out", type=Path, default=Path("runs/examples/05"))
-    p.add_argument("--tiny", action="store_true", help="tiny model, data and SAE: finishes in seconds")
-    args = p.parse_args()
-    if args.model is not None and args.data is None:
-        p.error("--model needs --data (the dataset the model was trained on)")
-    if args.sae is not None and args.model is None:
-        p.error("--sae needs --model and --data (the model and dataset it was trained on)")
+    args = parse_example_args(p)
     if args.tiny:
-        torch.set_num_threads(1)  # tiny matrices: extra threads only add overhead
         args.n_samples, args.max_sentences = 8, 30
     return args
-
-
-def dataset_and_model(args: argparse.Namespace):
-    """The dataset and model to study: loaded from --data / --model, or made here (saved under OUT)."""
-    if args.data is not None:
-        ds = formal_sae.load_dataset_dir(args.data)
-    else:
-        n = 300 if args.tiny else 10_000
-        ds = formal_sae.build_dataset(args.grammar, n_train=n, n_validation=n // 10, n_test=n // 10, seed=0)
-        formal_sae.save_dataset(ds, args.out / "data", overwrite=True)
-    if args.model is not None:
-        return ds, formal_sae.load_model(args.model, device=args.device)
-    train = formal_sae.TrainConfig(
-        steps=30 if args.tiny else 1500,
-        batch_size=32 if args.tiny else 64,
-        eval_every=10**9,  # no evaluation during training: a final validity check only
-        validity_samples=8 if args.tiny else 64,
-        final_validity_repeats=1,
-        device=args.device,
-    )
-    preset = "tiny" if args.tiny else "small"
-    model = formal_sae.train_model(ds, preset, train, out_dir=args.out / "model", progress=not args.tiny)
-    print(f"trained a model: validity {model.formal_sae_metrics['validity']:.2f}")
-    return ds, model
 
 
 def show_classes(effects: dict) -> None:
@@ -80,20 +43,7 @@ def show_classes(effects: dict) -> None:
 def main() -> None:
     args = parse_args()
     ds, model = dataset_and_model(args)
-    if args.sae is not None:
-        sae = formal_sae.load_sae(args.sae, device=args.device)
-    else:
-        sae = formal_sae.train_sae(
-            model,
-            ds,
-            architecture="topk",
-            k=4 if args.tiny else 8,
-            expansion_factor=2 if args.tiny else 4,
-            training_tokens=1024 if args.tiny else 500_000,
-            batch_size_tokens=256 if args.tiny else 1024,
-            device=args.device,
-            out_dir=args.out / "sae",
-        )
+    sae = sae_to_study(args, model, ds)
 
     # --- 1. Pick a latent: the best-correlated latent of a feature (example 04) -------------------
     analysis = formal_sae.analyze(model, sae, ds, max_sentences=args.max_sentences)

@@ -14,18 +14,14 @@ Writes `OUT/sae-causal/` and `OUT/sae-plain/` (SAELens format), and `OUT/compari
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
-import torch
+from common import dataset_and_model, example_parser, parse_example_args
 
 import formal_sae
 
 
 def parse_args() -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", type=Path, help="a model directory (example 02); needs --data. Default: train a small one")
-    p.add_argument("--data", type=Path, help="the model's dataset directory")
-    p.add_argument("--grammar", default="dyck2", help="grammar of the model trained when --model is not given")
+    p = example_parser(__doc__, "06")
     p.add_argument("--hook", default="blocks.0.hook_resid_post")
     p.add_argument("--k", type=int, default=16, help="TopK sparsity (paper: 16)")
     p.add_argument("--expansion-factor", type=int, default=2, help="(paper: 2)")
@@ -35,40 +31,10 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=300, help="steps with the causal term")
     p.add_argument("--sentences-per-step", type=int, default=32)
     p.add_argument("--max-sentences", type=int, default=200, help="test sentences for the comparison")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--out", type=Path, default=Path("runs/examples/06"))
-    p.add_argument("--tiny", action="store_true", help="tiny model, data and SAEs: finishes in seconds")
-    args = p.parse_args()
-    if args.model is not None and args.data is None:
-        p.error("--model needs --data (the dataset the model was trained on)")
+    args = parse_example_args(p)
     if args.tiny:
-        torch.set_num_threads(1)  # tiny matrices: extra threads only add overhead
         args.k, args.pretrain_steps, args.steps, args.sentences_per_step, args.max_sentences = 4, 2, 6, 8, 20
     return args
-
-
-def dataset_and_model(args: argparse.Namespace):
-    """The dataset and model to study: loaded from --data / --model, or made here (saved under OUT)."""
-    if args.data is not None:
-        ds = formal_sae.load_dataset_dir(args.data)
-    else:
-        n = 300 if args.tiny else 10_000
-        ds = formal_sae.build_dataset(args.grammar, n_train=n, n_validation=n // 10, n_test=n // 10, seed=0)
-        formal_sae.save_dataset(ds, args.out / "data", overwrite=True)
-    if args.model is not None:
-        return ds, formal_sae.load_model(args.model, device=args.device)
-    train = formal_sae.TrainConfig(
-        steps=30 if args.tiny else 1500,
-        batch_size=32 if args.tiny else 64,
-        eval_every=10**9,  # no evaluation during training: a final validity check only
-        validity_samples=8 if args.tiny else 64,
-        final_validity_repeats=1,
-        device=args.device,
-    )
-    preset = "tiny" if args.tiny else "small"
-    model = formal_sae.train_model(ds, preset, train, out_dir=args.out / "model", progress=not args.tiny)
-    print(f"trained a model: validity {model.formal_sae_metrics['validity']:.2f}")
-    return ds, model
 
 
 def main() -> None:

@@ -44,14 +44,16 @@ C1_FEATURES = {
 
 
 def _quick_grid(d_in: int) -> SweepGrid:
-    """Six cells spanning the paper's inductive biases: TopK width/sparsity, L1 (the paper's
-    sum-reduced alpha, weak and strong), input+reconstruction normalisation, pre-bias+input+decoder."""
+    """Six cells spanning the paper's inductive biases: TopK width/sparsity, L1 with the paper's
+    sum-reduced loss (its weakest grid alpha, 1e-3, and a hundredfold weaker one: at the paper's
+    scale even 1e-3 is a very strong penalty), input+reconstruction normalisation, and
+    pre-bias+input+decoder."""
     base = {"architecture": "paper", "training_tokens": 60_000, "batch_size_tokens": 1024, "lr": 3e-3}
     cells = [
         {"k": 4, "expansion_factor": 1},
         {"k": 16, "expansion_factor": 4},
         {"l1_coefficient": 1e-3, "expansion_factor": 2},
-        {"l1_coefficient": 1.0, "expansion_factor": 2},
+        {"l1_coefficient": 1e-5, "expansion_factor": 2},
         {"k": 16, "expansion_factor": 2, "normalize_input": True, "normalize_recon": True},
         {"k": 16, "expansion_factor": 2, "pre_bias": True, "normalize_input": True, "normalize_decoder": True},
     ]

@@ -15,17 +15,6 @@ HOOK = "blocks.0.hook_resid_post"
 
 
 @pytest.fixture(scope="module")
-def ds():
-    return formal_sae.build_dataset("expr", n_train=300, n_validation=30, n_test=30, seed=0)
-
-
-@pytest.fixture(scope="module")
-def model(ds):
-    train = formal_sae.TrainConfig(steps=20, eval_every=20, validity_samples=8, final_validity_repeats=1)
-    return formal_sae.train_model(ds, "tiny", train, progress=False)
-
-
-@pytest.fixture(scope="module")
 def paper_prompt_setup():
     """A dataset with the paper's 7-token prompt and an (untrained) model for it."""
     ds = formal_sae.build_dataset("expr", n_train=40, n_validation=4, n_test=4, seed=1, prompt_format="paper")

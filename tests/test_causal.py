@@ -17,8 +17,7 @@ import json
 import datasets
 import pytest
 import torch
-from sae_lens import SAE, StandardSAE, StandardSAEConfig, TopKSAE
-from sae_lens.saes.sae import SAEMetadata
+from sae_lens import SAE, TopKSAE
 
 import formal_sae
 from formal_sae import CausalConfig, SAEError, SAETrainConfig
@@ -62,18 +61,6 @@ def model(ds):
 
 def random_sae(hook: str, seed: int = 0):
     return build_training_sae(SAETrainConfig(architecture="topk", k=4, expansion_factor=2, hook_name=hook, seed=seed), D)
-
-
-def identity_sae(hook: str) -> StandardSAE:
-    """ReLU(x) - ReLU(-x) = x exactly: W_enc = [I, -I], W_dec = [I; -I], no biases."""
-    sae = StandardSAE(StandardSAEConfig(d_in=D, d_sae=2 * D, apply_b_dec_to_input=False, metadata=SAEMetadata(hook_name=hook)))
-    eye = torch.eye(D)
-    with torch.no_grad():
-        sae.W_enc.copy_(torch.cat([eye, -eye], dim=1))
-        sae.W_dec.copy_(torch.cat([eye, -eye], dim=0))
-        sae.b_enc.zero_()
-        sae.b_dec.zero_()
-    return sae
 
 
 def sentences(ds: datasets.DatasetDict, n: int = 8, split: str = "test") -> list[tuple[list[int], int]]:
@@ -162,9 +149,9 @@ def test_causal_loss_gradient_equals_the_direct_computation(model, ds):
 
 
 @pytest.mark.parametrize("hook", [HOOK, MLP_HOOK])
-def test_exact_reconstruction_at_s0_gives_zero_loss(model, ds, hook):
+def test_exact_reconstruction_at_s0_gives_zero_loss(model, ds, hook, identity_sae):
     tokens, mask = batch_of(model, sentences(ds), 7)
-    sae = identity_sae(hook)
+    sae = identity_sae(D, hook)
     with torch.no_grad():
         x = model.run_with_cache(tokens, names_filter=hook)[1][hook][mask]
         assert torch.equal(sae.decode(sae.encode(x)), x)

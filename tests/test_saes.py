@@ -14,9 +14,9 @@ import shutil
 import datasets
 import pytest
 import torch
-from sae_lens import SAE, StandardSAE, StandardSAEConfig, TopKSAE
+from sae_lens import SAE, StandardSAE, TopKSAE
 from sae_lens.registry import SAE_CLASS_REGISTRY, SAE_TRAINING_CLASS_REGISTRY
-from sae_lens.saes.sae import SAEMetadata, TrainStepInput
+from sae_lens.saes.sae import TrainStepInput
 
 import formal_sae
 from formal_sae import SAEError, SAETrainConfig
@@ -29,17 +29,6 @@ D_IN = 8  # for the SAE-math tests, which need no model
 ALPHA = 0.01
 SMALL = {"expansion_factor": 2, "training_tokens": 512, "batch_size_tokens": 128}
 TOL = {"atol": 1e-4, "rtol": 1e-5}
-
-
-@pytest.fixture(scope="module")
-def ds():
-    return formal_sae.build_dataset("expr", n_train=300, n_validation=30, n_test=30, seed=0)
-
-
-@pytest.fixture(scope="module")
-def model(ds):
-    train = formal_sae.TrainConfig(steps=20, eval_every=20, validity_samples=8, final_validity_repeats=1)
-    return formal_sae.train_model(ds, "tiny", train, progress=False)
 
 
 @pytest.fixture(scope="module")
@@ -412,19 +401,7 @@ def test_evaluate_sae_metrics_match_their_definitions(model, ds, acts, topk_sae,
         assert metrics["l0"] == 4 and (sae.encode(acts[:64]) < 0).any()
 
 
-def identity_sae(d: int, hook: str) -> StandardSAE:
-    """ReLU(x) - ReLU(-x) = x exactly: W_enc = [I, -I], W_dec = [I; -I], no biases."""
-    sae = StandardSAE(StandardSAEConfig(d_in=d, d_sae=2 * d, apply_b_dec_to_input=False, metadata=SAEMetadata(hook_name=hook)))
-    eye = torch.eye(d)
-    with torch.no_grad():
-        sae.W_enc.copy_(torch.cat([eye, -eye], dim=1))
-        sae.W_dec.copy_(torch.cat([eye, -eye], dim=0))
-        sae.b_enc.zero_()
-        sae.b_dec.zero_()
-    return sae
-
-
-def test_an_exact_identity_sae_scores_perfectly(model, ds):
+def test_an_exact_identity_sae_scores_perfectly(model, ds, identity_sae):
     sae = identity_sae(model.cfg.d_model, HOOK)
     metrics = evaluate_sae(model, sae, ds, n_samples=16, repeats=2, seed=3)
     assert metrics["mse"] == 0

@@ -33,7 +33,6 @@ import json
 import math
 import os
 import re
-import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -48,7 +47,7 @@ from transformer_lens import HookedTransformer
 from formal_sae.activations import DEFAULT_HOOK
 from formal_sae.data import dataset_metadata
 from formal_sae.errors import FormalSAEError, SAEError
-from formal_sae.io import atomic_write_text, read_json, to_jsonable, write_json
+from formal_sae.io import atomic_write_bytes, atomic_write_text, read_json, to_jsonable, write_json
 from formal_sae.saes.evaluation import evaluate_sae
 from formal_sae.saes.training import (
     PAPER,
@@ -767,19 +766,6 @@ def _heatmap_groups(rows: list[dict[str, Any]]) -> dict[str, tuple[str, str, lis
     return out
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-
-
 def plot_heatmap(
     values: list[list[float]], row_labels: Sequence[str], col_labels: Sequence[str], title: str, xlabel: str, path: Path
 ) -> None:
@@ -809,7 +795,7 @@ def plot_heatmap(
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)
     plt.close(fig)
-    _atomic_write_bytes(path, buf.getvalue())
+    atomic_write_bytes(path, buf.getvalue())
 
 
 def write_heatmaps(directory: str | os.PathLike, rows: list[dict[str, Any]], metric: str = "validity") -> list[Path]:
