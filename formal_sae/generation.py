@@ -57,13 +57,17 @@ def sample_sequences(
     fwd_hooks: Sequence[FwdHook] = (),
     saes: Sequence = (),
     use_error_term: bool | None = None,
+    compact: bool = True,
 ) -> list[list[int]]:
     """Ancestral sampling of ``n`` continuations of ``prompt`` in one batch, with the KV cache.
 
     Returns the generated ids of each sequence (prompt excluded), cut after the first
     ``stop_token`` (default: the tokenizer's ``<eos>``), which is kept. Generation stops when
     every sequence has produced it or after ``max_new_tokens``. ``seed`` drives a private
-    ``torch.Generator``: the same seed gives the same samples.
+    ``torch.Generator``: the same seed gives the same samples. With ``compact`` (the default)
+    finished sequences leave the batch, so the long tail of a few unfinished sequences costs
+    little; hooks then see a batch that shrinks. ``compact=False`` keeps every row to the end
+    (for hooks that depend on the row); both give the same samples.
     """
     if n < 1:
         raise ModelError(f"number of samples must be >= 1, got {n}")
@@ -79,24 +83,41 @@ def sample_sequences(
     tokens = torch.tensor([list(prompt)] * n, dtype=torch.long, device=device)
     out = torch.empty((n, max_new_tokens), dtype=torch.long)
     done = torch.zeros(n, dtype=torch.bool)
+    rows = torch.arange(n)  # the rows of ``out`` still in the batch
     cache = TransformerLensKeyValueCache.init_cache(model.cfg, device, n)
+    probs = torch.zeros(n, model.cfg.d_vocab)
     steps = 0
     with spliced(model, fwd_hooks, saes, use_error_term):
         for steps in range(1, max_new_tokens + 1):
             # An explicit all-ones mask: a sampled <pad> must not be masked out of later attention.
             logits = model(tokens, past_kv_cache=cache, attention_mask=torch.ones_like(tokens))[:, -1].float().cpu()
-            probs = torch.softmax(logits / temperature, dim=-1)
+            # Rows that left the batch keep their last distribution and are sampled anyway (their
+            # samples are cut off): multinomial draws the same random numbers for every row of a
+            # full batch, so every row gets the same sample as without compaction.
+            probs[rows] = torch.softmax(logits / temperature, dim=-1)
             nxt = torch.multinomial(probs, 1, generator=gen).squeeze(1)
             out[:, steps - 1] = nxt
             done |= nxt == stop
             if bool(done.all()):
                 break
-            tokens = nxt.unsqueeze(1).to(device)
+            if compact and bool(done[rows].any()):
+                keep = (~done[rows]).nonzero().squeeze(1)
+                rows = rows[keep]
+                _select_rows(cache, keep.to(device))
+            tokens = nxt[rows].unsqueeze(1).to(device)
     result = []
     for row in out[:, :steps].tolist():
         cut = row.index(stop) + 1 if stop in row else len(row)
         result.append(row[:cut])
     return result
+
+
+def _select_rows(cache: TransformerLensKeyValueCache, keep: torch.Tensor) -> None:
+    """Keep only the batch rows ``keep`` of a TransformerLens key-value cache."""
+    for entry in cache.entries:
+        entry.past_keys = entry.past_keys[keep]
+        entry.past_values = entry.past_values[keep]
+    cache.previous_attention_mask = cache.previous_attention_mask[keep]
 
 
 @dataclass

@@ -145,6 +145,29 @@ def test_kv_cache_sampling_equals_full_recompute(sharp_model, tokenizer):
     assert float(torch.stack(reference_logits).std()) > 1.0
 
 
+def test_dropping_finished_sequences_changes_no_sample(model, tokenizer):
+    """Compaction (finished rows leave the batch and the KV cache) gives the samples of a batch
+    that keeps every row to the end, with the same seed."""
+    prompt = [tokenizer.bos_token_id]
+    for seed in range(3):
+        compacted = sample_sequences(model, 40, prompt, max_new_tokens=30, seed=seed)
+        full = sample_sequences(model, 40, prompt, max_new_tokens=30, seed=seed, compact=False)
+        assert compacted == full
+    lengths = {len(s) for s in compacted}
+    assert min(lengths) < 30 and len(lengths) > 3  # rows really did finish at different steps
+
+
+def test_hooks_see_the_batch_shrink_as_sequences_end(model, tokenizer):
+    batch_sizes: list[int] = []
+
+    def record(logits, hook):
+        batch_sizes.append(logits.shape[0])
+
+    samples = sample_sequences(model, 40, [tokenizer.bos_token_id], max_new_tokens=30, fwd_hooks=[(FORCE_HOOK, record)])
+    ended = [sum(1 for s in samples if len(s) <= step and s[-1] == tokenizer.eos_token_id) for step in range(len(batch_sizes))]
+    assert batch_sizes == [40 - e for e in ended]
+
+
 def test_sampling_errors(model, tokenizer):
     prompt = [tokenizer.bos_token_id]
     with pytest.raises(ModelError, match="number of samples must be >= 1, got 0"):
