@@ -42,9 +42,10 @@ from formal_sae.interventions import (
     single_latent_effects,
 )
 from formal_sae.models import PRESETS, ModelConfig, build_model, load_model, model_grammar, save_model
-from formal_sae.saes import SAETrainConfig, evaluate_sae, load_sae, train_sae
+from formal_sae.saes import SAETrainConfig, SweepGrid, evaluate_sae, grid_from_dict, load_sae, paper_grid, train_sae
 from formal_sae.saes import architectures as sae_architectures
 from formal_sae.saes.causal import CausalConfig, held_out_causal_loss, train_causal_sae
+from formal_sae.saes.sweep import sweep
 from formal_sae.training import TrainConfig, train_model
 
 __version__ = "0.1.0"
@@ -69,6 +70,7 @@ __all__ = [
     "SAEComparison",
     "SAEError",
     "SAETrainConfig",
+    "SweepGrid",
     "TrainConfig",
     "ValidityResult",
     "__version__",
@@ -87,6 +89,7 @@ __all__ = [
     "expr_grammar",
     "generate_dataset",
     "grammar_of",
+    "grid_from_dict",
     "held_out_causal_loss",
     "list_grammars",
     "load_dataset_dir",
@@ -96,6 +99,7 @@ __all__ = [
     "load_tokenizer",
     "model_grammar",
     "next_token_effects",
+    "paper_grid",
     "prompt_ids",
     "push_dataset_to_hub",
     "sae_architectures",
@@ -103,6 +107,7 @@ __all__ = [
     "save_dataset",
     "save_model",
     "single_latent_effects",
+    "sweep",
     "train_causal_sae",
     "train_model",
     "train_sae",

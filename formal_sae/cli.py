@@ -309,13 +309,11 @@ def _add_intervene(sub: argparse._SubParsersAction) -> None:
 
 
 def _sweep(args: argparse.Namespace) -> None:
-    from formal_sae.saes.sweep import resolve_grid, sweep
-
     model = formal_sae.load_model(args.model, device=args.device)
     dataset = formal_sae.load_dataset_dir(args.data)
-    grid = resolve_grid(args.grid, model=model, scale=args.scale)
+    grid = formal_sae.saes.resolve_grid(args.grid, model=model, scale=args.scale)
     evaluation = {"n_samples": args.n_samples, "repeats": args.repeats, "max_sentences": args.max_sentences}
-    rows = sweep(model, dataset, grid, args.out, evaluate_kwargs=evaluation)
+    rows = formal_sae.sweep(model, dataset, grid, args.out, evaluate_kwargs=evaluation)
     valid = [r["validity"] for r in rows if r.get("validity") is not None]
     print(f"wrote {args.out}: {len(rows)} SAEs of grid {grid.name!r}; validity {min(valid):.3f}-{max(valid):.3f}; see results.md")
 
@@ -335,7 +333,7 @@ def _add_sweep(sub: argparse._SubParsersAction) -> None:
 
 
 def _reproduce(args: argparse.Namespace) -> None:
-    from formal_sae.reproduce import reproduce
+    from formal_sae.reproduce import reproduce  # the pipeline module, on top of the public API
 
     claims = reproduce(args.out, args.grammar, args.scale, seed=args.seed, device=args.device)
     print(f"wrote {args.out}/report.md and {args.out}/claims.json")
