@@ -122,8 +122,8 @@ def main() -> None:
     print(
         f"{machine()} Total {time.perf_counter() - t0:.0f} s.\n"
         f"SAEs: TopK k=16, expansion 2 at `blocks.0.hook_resid_post`; both {args.pretrain_steps} pretraining steps "
-        f"x {args.batch_size_tokens} tokens (lr 3e-3), then {args.causal_steps} steps x {args.sentences_per_step} sentences "
-        f"(lr 3e-4, s ~ U(0,1), MSE on logits); plain: beta 0, causal: beta {args.coefficient:g}. "
+        f"x {args.batch_size_tokens} tokens (lr {SAETrainConfig().lr:g}), then {args.causal_steps} steps x {args.sentences_per_step} sentences "
+        f"(lr {SAETrainConfig().lr / 10:g}: the default after pretraining, s ~ U(0,1), MSE on logits); plain: beta 0, causal: beta {args.coefficient:g}. "
         f"Metrics on {args.eval_sentences} held-out sentences; validity {args.n_samples} x {args.repeats}.\n"
     )
     print("\n".join(table(rows)))

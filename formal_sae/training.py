@@ -33,6 +33,7 @@ from formal_sae.errors import FormalSAEError, ModelError
 from formal_sae.generation import evaluate_validity
 from formal_sae.io import read_json, write_json
 from formal_sae.models import ModelConfig, build_model, load_weights, model_state, resolve_device, save_model
+from formal_sae.seeding import deterministic
 
 CHECKPOINT_DIR = "checkpoint"
 METRICS_FILE = "metrics.json"
@@ -268,6 +269,7 @@ def sequences_of(split: datasets.Dataset) -> list[list[int]]:
     return column(split, "input_ids")
 
 
+@deterministic()
 def train_model(
     dataset: datasets.DatasetDict,
     config: ModelConfig | str = "small",

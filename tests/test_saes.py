@@ -518,3 +518,19 @@ def test_cli_train_sae_writes_the_sae_and_its_metrics(model, ds, tmp_path, capsy
     assert err.startswith("formal-sae train-sae: error: ") and "no hook point 'blocks.0.hook_nothing'" in err
     assert "\n" not in err and "Traceback" not in err
     assert not (bad / "cfg.json").exists()
+
+
+def test_same_seed_same_sae_with_several_threads(model, ds):
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        saes = [
+            train_sae(
+                model, ds, architecture="topk", k=4, expansion_factor=4, training_tokens=4096, batch_size_tokens=256, seed=3
+            )
+            for _ in range(3)
+        ]
+    finally:
+        torch.set_num_threads(threads)
+    for sae in saes[1:]:
+        assert all(torch.equal(a, b) for a, b in zip(saes[0].state_dict().values(), sae.state_dict().values()))

@@ -445,3 +445,18 @@ def test_cli_resume_errors_are_one_line(expr_dir, tmp_path, capsys):
     assert main(["train-model", "--data", str(expr_dir), "--out", str(out), "--preset", "tiny", "--resume"]) == 2
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and "nothing to resume" in lines[0]
+
+
+def test_same_seed_same_weights_with_several_threads(expr_ds):
+    """With 2 threads the embedding's backward pass accumulates in a varying order: without
+    deterministic kernels three runs of this size gave three different models."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        states = [
+            model_state(train_model(expr_ds, "tiny", small_train(steps=60, batch_size=64), progress=False)) for _ in range(3)
+        ]
+    finally:
+        torch.set_num_threads(threads)
+    assert states_equal(states[0], states[1]) and states_equal(states[0], states[2])
+    assert not torch.are_deterministic_algorithms_enabled()  # the setting is restored afterwards

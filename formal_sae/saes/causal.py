@@ -42,6 +42,7 @@ from formal_sae.activations import check_hook, iter_sentence_batches, padded_bat
 from formal_sae.data import column, dataset_metadata
 from formal_sae.errors import SAEError
 from formal_sae.saes.training import SAETrainConfig, build_training_sae, fit_sae, model_name_of, sae_hook_width, to_inference
+from formal_sae.seeding import deterministic
 
 
 @dataclass
@@ -188,6 +189,7 @@ def _sentence_batches(
             yield tokens, sentence_mask(lengths[rows], prompt_length, tokens.shape[1])
 
 
+@deterministic()
 def train_causal_sae(
     model: HookedTransformer,
     dataset: datasets.DatasetDict,

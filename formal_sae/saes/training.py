@@ -32,6 +32,7 @@ from formal_sae.data import column, dataset_metadata
 from formal_sae.errors import SAEError
 from formal_sae.io import write_json
 from formal_sae.saes import paper
+from formal_sae.seeding import deterministic
 
 #: formal-sae's name for the paper's architecture (registered in SAELens as ``formal_paper``).
 PAPER = "paper"
@@ -289,7 +290,7 @@ def fit_sae(
     provider = activation_batches(activations.to(config.device), config.batch_size_tokens, config.seed)
     trainer = SAETrainer(cfg=trainer_cfg, sae=training_sae, data_provider=provider)
     t0 = time.perf_counter()
-    with flush_denormals():
+    with flush_denormals(), deterministic():
         trained = trainer.fit()  # SAELens's own loop and progress bar
     return trained, time.perf_counter() - t0
 
