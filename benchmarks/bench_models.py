@@ -23,6 +23,7 @@ from common import machine
 from nltk import ViterbiParser
 
 import formal_sae
+from formal_sae.data import column
 from formal_sae.generation import PAPER_MAX_NEW_TOKENS, classify_sample, evaluate_validity
 from formal_sae.training import LengthBatches, TrainConfig, make_optimizer, next_token_loss, pad_batch, sequences_of
 
@@ -105,7 +106,15 @@ def quick_preset_target(grammar: str, budget_s: float, steps_per_s: float) -> di
         ds, "small", TrainConfig(steps=steps, lr=3e-3, eval_every=max(1, steps // 4), checkpoint_every=10**9), progress=False
     )
     m = model.formal_sae_metrics
-    return {"steps": steps, "seconds": time.perf_counter() - t0, "validity": m["validity"], "std": m["validity_std"]}
+    data_length = sum(column(ds["validation"], "length")) / len(ds["validation"])
+    return {
+        "steps": steps,
+        "seconds": time.perf_counter() - t0,
+        "validity": m["validity"],
+        "std": m["validity_std"],
+        "length": m["mean_length"],
+        "data_length": data_length,
+    }
 
 
 def main() -> None:
@@ -134,14 +143,19 @@ def main() -> None:
 
     if args.targets:
         print(f"\n## Quick-start preset within {args.budget:.0f} s of training\n")
-        print("| grammar | steps | seconds (incl. evaluation) | validity (5 x 128) |\n|---|---|---|---|")
+        print(
+            "| grammar | steps | seconds (incl. evaluation) | validity (5 x 128) | mean length: generated / data |\n|---|---|---|---|---|"
+        )
         for g in args.grammars:
             fast, _ = training_throughput(g, "small", 10)
             ds = formal_sae.build_dataset(g, n_train=2000, n_validation=10, n_test=10, seed=0)
             mean_len = sum(len(s) for s in sequences_of(ds["train"])) / len(ds["train"])
             steps_per_s = 0.8 * fast / (128 * (mean_len - 1))  # keep ~20% of the budget for evaluation
             r = quick_preset_target(g, args.budget, steps_per_s)
-            print(f"| {g} | {r['steps']} | {r['seconds']:.0f} | {r['validity']:.3f} ± {r['std']:.3f} |", flush=True)
+            print(
+                f"| {g} | {r['steps']} | {r['seconds']:.0f} | {r['validity']:.3f} ± {r['std']:.3f} | {r['length']:.1f} / {r['data_length']:.1f} |",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

@@ -320,7 +320,8 @@ def judge_claims(results: dict[str, dict]) -> dict[str, dict]:
     return claims
 
 
-def report_markdown(results: dict[str, dict], claims: dict[str, dict], scale: Scale, seconds: float) -> str:
+def report_markdown(results: dict[str, dict], claims: dict[str, dict], scale: Scale) -> str:
+    seconds = sum(r["seconds"] for r in results.values())  # stored per language: true after a resume too
     lines = [
         "# formal-sae reproduction report",
         "",
@@ -333,7 +334,8 @@ def report_markdown(results: dict[str, dict], claims: dict[str, dict], scale: Sc
         "|---|---|---|",
     ]
     for name, c in claims.items():
-        lines.append(f"| **{name}**: {c['claim']} | {'yes' if c['supported'] else 'no'} | {c['evidence']} |")
+        evidence = c["evidence"].replace("|", "\\|")  # "|rho|" must not split the table's cells
+        lines.append(f"| **{name}**: {c['claim']} | {'yes' if c['supported'] else 'no'} | {evidence} |")
     lines += ["", "## Where this run differs from the paper", ""] + [f"- {n}" for n in scale.notes]
     lines += [
         "- validity uses formal-sae's scale-correct splice for normalised SAEs (the paper fed raw activations; see docs)",
@@ -400,11 +402,10 @@ def reproduce(
     if unknown:
         raise FormalSAEError(f"reproduce covers the paper's grammars {', '.join(GRAMMARS)} (or all), not {unknown}")
     out = Path(out_dir)
-    t0 = time.perf_counter()
     results = {}
     for g in names:
         results[g] = _stage(out / g / "results.json", lambda g=g: reproduce_grammar(g, out / g, SCALES[scale], seed, device))
     claims = judge_claims(results)
     write_json(out / "claims.json", claims)
-    atomic_write_text(out / "report.md", report_markdown(results, claims, SCALES[scale], time.perf_counter() - t0))
+    atomic_write_text(out / "report.md", report_markdown(results, claims, SCALES[scale]))
     return claims

@@ -143,3 +143,11 @@ def test_unknown_scale_or_grammar_is_refused(tmp_path):
         reproduce(tmp_path, "expr", "huge")
     with pytest.raises(FormalSAEError, match=r"not \['expr-postfix'\]"):
         reproduce(tmp_path, "expr-postfix", "quick")
+
+
+def test_the_claims_table_survives_pipes_in_the_evidence(tiny_run):
+    out, _ = tiny_run
+    rows = [line for line in (out / "report.md").read_text().splitlines() if line.startswith("| **C")]
+    assert len(rows) == 4
+    for row in rows:  # claim | supported | evidence: 3 cells, whatever the evidence says
+        assert len(row.replace("\\|", "").strip("|").split("|")) == 3
