@@ -3,8 +3,12 @@
 TransformerLens's own ``train`` trains on padding and has no evaluation split, schedule or
 resumable checkpoints, so formal-sae has this loop:
 
-* **no padding waste**: batches are drawn from pools of sentences sorted by length, so a batch
-  is padded only to its own longest sentence (the paper pads every sentence to 128 tokens);
+* **no padding waste, no length bias**: every step takes a uniformly random batch of sentences
+  (as the paper), sorts it by length and runs it as a few length-homogeneous micro-batches with
+  gradient accumulation, each padded only to its own longest sentence (the paper pads every
+  sentence to 128 tokens). Batches bucketed by length across steps would be faster still but bias
+  the model: a batch of only one-token Expr sentences teaches "a digit, then stop", and such a
+  model generated sentences a third as long as the data's;
 * next-token cross-entropy over real tokens only; AdamW with weight decay on matrices only;
   linear warm-up then cosine decay; gradient clipping;
 * validation loss and validity every ``eval_every`` steps, shown on the progress bar;
@@ -64,7 +68,7 @@ class TrainConfig:
     val_sentences: int = 1024
     validity_samples: int = 128
     final_validity_repeats: int = 5
-    pool_batches: int = 64
+    micro_batch_tokens: int = 2048
     device: str = "cpu"
 
     def to_dict(self) -> dict:
@@ -76,7 +80,7 @@ class TrainConfig:
         return cls(**{k: v for k, v in d.items() if k in names})
 
     def validate(self) -> None:
-        for name in ("steps", "batch_size", "eval_every", "checkpoint_every", "pool_batches", "validity_samples"):
+        for name in ("steps", "batch_size", "eval_every", "checkpoint_every", "micro_batch_tokens", "validity_samples"):
             if getattr(self, name) < 1:
                 raise ModelError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.lr <= 0:
@@ -85,36 +89,54 @@ class TrainConfig:
 
 
 # ----------------------------------------------------------------------------- batching
-class LengthBatches:
-    """Batches of sentence indices with similar lengths; deterministic in (seed, epoch).
+class SentenceBatches:
+    """Uniformly random batches of sentence indices, each sorted by length; deterministic in
+    (seed, epoch). Each epoch is a fresh permutation cut into batches, so every sentence is used
+    once per epoch and no batch's composition depends on lengths."""
 
-    Each epoch shuffles the sentences, cuts them into pools of ``pool_batches`` batches, sorts each
-    pool by length, slices it into batches and shuffles the batch order.
-    """
-
-    def __init__(self, lengths: np.ndarray, batch_size: int, pool_batches: int, seed: int) -> None:
-        self.lengths, self.batch_size, self.pool, self.seed = lengths, batch_size, pool_batches * batch_size, seed
+    def __init__(self, lengths: np.ndarray, batch_size: int, seed: int) -> None:
+        self.lengths, self.batch_size, self.seed = lengths, batch_size, seed
         self.per_epoch = max(1, len(lengths) // batch_size)
-        self._epoch_cache: tuple[int, list[np.ndarray]] | None = None
+        self._epoch_cache: tuple[int, np.ndarray] | None = None
 
-    def _epoch(self, epoch: int) -> list[np.ndarray]:
+    def _epoch(self, epoch: int) -> np.ndarray:
         if self._epoch_cache is None or self._epoch_cache[0] != epoch:
-            rng = np.random.default_rng([self.seed, epoch])
-            order = rng.permutation(len(self.lengths))
+            order = np.random.default_rng([self.seed, epoch]).permutation(len(self.lengths))
             if len(order) < self.batch_size:  # tiny datasets: one batch, sentences repeated
                 order = np.resize(order, self.batch_size)
-            batches = []
-            for start in range(0, self.per_epoch * self.batch_size, self.pool):
-                pool = order[start : min(start + self.pool, self.per_epoch * self.batch_size)]
-                pool = pool[np.argsort(self.lengths[pool], kind="stable")]
-                batches.extend(np.split(pool, len(pool) // self.batch_size))
-            self._epoch_cache = (epoch, [batches[i] for i in rng.permutation(len(batches))])
+            self._epoch_cache = (epoch, order[: self.per_epoch * self.batch_size].reshape(self.per_epoch, self.batch_size))
         return self._epoch_cache[1]
 
     def batch(self, step: int) -> np.ndarray:
-        """Indices of the batch used at ``step`` (0-based)."""
+        """Indices of the batch used at ``step`` (0-based), shortest sentence first."""
         epoch, index = divmod(step, self.per_epoch)
-        return self._epoch(epoch)[index]
+        batch = self._epoch(epoch)[index]
+        return batch[np.argsort(self.lengths[batch], kind="stable")]
+
+
+#: The fixed cost of one forward and backward pass, in padded tokens: what one more micro-batch
+#: must save in padding to be worth it (measured order of magnitude for the small presets on CPU).
+CALL_COST_TOKENS = 256
+
+
+def micro_batches(sorted_lengths: np.ndarray, max_tokens: int, call_cost: int = CALL_COST_TOKENS) -> list[slice]:
+    """Cut a batch sorted by length into consecutive slices, each padded to its longest sentence,
+    minimising padded tokens plus ``call_cost`` per slice (dynamic programming over the cut
+    points); no slice of more than one sentence exceeds ``max_tokens`` padded tokens."""
+    n = len(sorted_lengths)
+    best, cut = np.zeros(n + 1), np.zeros(n + 1, dtype=int)
+    for end in range(1, n + 1):  # best[end]: cheapest cutting of the first ``end`` sentences
+        starts = np.arange(end)
+        area = (end - starts) * float(sorted_lengths[end - 1])
+        cost = best[:end] + call_cost + area
+        cost[(area > max_tokens) & (end - starts > 1)] = np.inf
+        cut[end] = int(np.argmin(cost))
+        best[end] = cost[cut[end]]
+    slices, end = [], n
+    while end > 0:
+        slices.append(slice(cut[end], end))
+        end = cut[end]
+    return slices[::-1]
 
 
 def pad_batch(sequences: list[list[int]], pad_id: int, device: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -128,10 +150,27 @@ def pad_batch(sequences: list[list[int]], pad_id: int, device: str) -> tuple[tor
     return tokens.to(device), labels.to(device)
 
 
-def next_token_loss(model, tokens: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Mean next-token cross-entropy over real (non-padding) targets."""
+def next_token_loss(model, tokens: torch.Tensor, labels: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+    """Next-token cross-entropy over real (non-padding) targets (``reduction`` "mean" or "sum")."""
     logits = model(tokens, return_type="logits")[:, :-1]
-    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1), ignore_index=-100)
+    return F.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1), ignore_index=-100, reduction=reduction
+    )
+
+
+def backward_batch(model, sequences: list[list[int]], pad_id: int, train: TrainConfig) -> tuple[float, int]:
+    """Backpropagate the mean next-token loss of a batch of sequences (sorted by length) in
+    micro-batches of at most ``train.micro_batch_tokens`` padded tokens; returns the mean loss and
+    the number of targets."""
+    lengths = np.array([len(s) for s in sequences])
+    n_targets = int(lengths.sum()) - len(sequences)  # every token but the first is a target
+    loss_sum = 0.0
+    for part in micro_batches(lengths, train.micro_batch_tokens):
+        tokens, labels = pad_batch(sequences[part], pad_id, train.device)
+        loss = next_token_loss(model, tokens, labels, reduction="sum")
+        (loss / n_targets).backward()  # accumulates the gradient of the mean over the whole batch
+        loss_sum += loss.detach().item()
+    return loss_sum / n_targets, n_targets
 
 
 @torch.no_grad()
@@ -328,7 +367,7 @@ def train_model(
         write_json(out / TRAIN_CONFIG_FILE, {"model": config.to_dict(), "train": train.to_dict(), "data": meta.__dict__})
 
     lengths = np.array([len(s) for s in train_seqs])
-    batches = LengthBatches(lengths, train.batch_size, train.pool_batches, train.seed)
+    batches = SentenceBatches(lengths, train.batch_size, train.seed)
     pad_id = tokenizer.pad_token_id
     bar = tqdm(total=train.steps, initial=start, disable=not progress, desc="train", dynamic_ncols=True)
     real_tokens, t0 = 0, time.perf_counter()
@@ -337,15 +376,11 @@ def train_model(
     for step in range(start, train.steps):
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, train)
-        idx = batches.batch(step)
-        tokens, labels = pad_batch([train_seqs[i] for i in idx], pad_id, train.device)
-        loss = next_token_loss(model, tokens, labels)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        value, n_targets = backward_batch(model, [train_seqs[i] for i in batches.batch(step)], pad_id, train)
         torch.nn.utils.clip_grad_norm_(model.parameters(), train.grad_clip)
         optimizer.step()
-        real_tokens += int((labels != -100).sum())
-        value = loss.detach().item()
+        real_tokens += n_targets
         running = value if running is None else 0.95 * running + 0.05 * value
         done = step + 1
         if done % train.eval_every == 0 or done == train.steps:

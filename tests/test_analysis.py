@@ -345,7 +345,6 @@ def trained(tmp_path_factory):
         val_sentences=20,
         validity_samples=8,
         final_validity_repeats=1,
-        pool_batches=4,
     )
     model = formal_sae.train_model(ds, "tiny", train, progress=False)
     sae_dir = tmp_path_factory.mktemp("sae")
@@ -424,7 +423,9 @@ def test_reported_scores_match_a_direct_recomputation(trained, report, direct):
             fires = latents[:, entry["f1_latent"]] > entry["threshold"]
             assert (entry["precision"], entry["recall"], entry["f1"]) == pytest.approx(prf(fires, y), abs=1e-6), name
         else:
-            assert entry["spearman"] == pytest.approx(spearmanr(best, y).statistic, abs=1e-4), name
+            # The direct latents come from one sentence at a time: float32 noise of ~1e-7 can swap
+            # the ranks of near-equal activations, which moves Spearman by up to a few 1e-4.
+            assert entry["spearman"] == pytest.approx(spearmanr(best, y).statistic, abs=1e-3), name
 
 
 def test_collect_aligned_is_sparse_and_aligned_with_the_dataset(trained, direct):

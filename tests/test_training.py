@@ -19,7 +19,17 @@ import formal_sae.training as training
 from formal_sae import ModelConfig, ModelError, TrainConfig, load_model, train_model
 from formal_sae.cli import main
 from formal_sae.models import model_state
-from formal_sae.training import LengthBatches, lr_at, make_optimizer, next_token_loss, pad_batch, sequences_of, validation_loss
+from formal_sae.training import (
+    SentenceBatches,
+    backward_batch,
+    lr_at,
+    make_optimizer,
+    micro_batches,
+    next_token_loss,
+    pad_batch,
+    sequences_of,
+    validation_loss,
+)
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -36,7 +46,6 @@ def small_train(**overrides) -> TrainConfig:
         val_sentences=40,
         validity_samples=16,
         final_validity_repeats=2,
-        pool_batches=4,
         seed=0,
     )
     return TrainConfig(**{**settings, **overrides})
@@ -95,26 +104,26 @@ def padding_fraction(batch_lengths: list[np.ndarray]) -> float:
     return 1 - sum(b.sum() for b in batch_lengths) / padded
 
 
-# ---------------------------------------------------------------------------- LengthBatches
+# ---------------------------------------------------------------------------- SentenceBatches
 @pytest.fixture(scope="module")
 def skewed_lengths():
     return np.random.default_rng(0).geometric(0.1, size=1000) + 2  # long-tailed, like grammar samples
 
 
-def test_length_batches_are_deterministic_and_order_independent(skewed_lengths):
-    a = LengthBatches(skewed_lengths, 8, 8, seed=5)
-    b = LengthBatches(skewed_lengths, 8, 8, seed=5)
+def test_sentence_batches_are_deterministic_and_order_independent(skewed_lengths):
+    a = SentenceBatches(skewed_lengths, 8, seed=5)
+    b = SentenceBatches(skewed_lengths, 8, seed=5)
     steps = list(range(300))
     first = [a.batch(s).tolist() for s in steps]
     assert first == [b.batch(s).tolist() for s in reversed(steps)][::-1]  # a resumed run can start anywhere
-    c = LengthBatches(skewed_lengths, 8, 8, seed=6)
+    c = SentenceBatches(skewed_lengths, 8, seed=6)
     assert first != [c.batch(s).tolist() for s in steps]
     assert first[0] != c.batch(0).tolist()
 
 
 def test_each_epoch_uses_each_sentence_at_most_once(skewed_lengths):
     batch_size = 16
-    batches = LengthBatches(skewed_lengths, batch_size, 4, seed=0)
+    batches = SentenceBatches(skewed_lengths, batch_size, seed=0)
     per_epoch = len(skewed_lengths) // batch_size
     assert batches.per_epoch == per_epoch == 62
     epochs = []
@@ -128,22 +137,48 @@ def test_each_epoch_uses_each_sentence_at_most_once(skewed_lengths):
     assert not np.array_equal(epochs[0], epochs[1])  # reshuffled every epoch
 
 
-def test_batches_are_length_homogeneous(skewed_lengths):
+def test_batch_composition_does_not_depend_on_length(skewed_lengths):
+    """Each batch is a uniform sample: the spread of batch-mean lengths is that of random batches
+    (bucketing by length, which biased the models, spreads them several times wider)."""
     batch_size = 16
-    length_batches = LengthBatches(skewed_lengths, batch_size, 8, seed=0)
-    ours = [length_batches.batch(s) for s in range(length_batches.per_epoch)]
-    order = np.random.default_rng(1).permutation(len(skewed_lengths))
-    random_batches = [order[i : i + batch_size] for i in range(0, len(order) - batch_size + 1, batch_size)]
-    ours_pad = padding_fraction([skewed_lengths[b] for b in ours])
-    random_pad = padding_fraction([skewed_lengths[b] for b in random_batches])
-    assert random_pad > 0.4  # long-tailed lengths waste most of a randomly drawn batch
-    assert ours_pad < random_pad / 2
-    one_global_sort = np.sort(skewed_lengths)[: length_batches.per_epoch * batch_size].reshape(-1, batch_size)
-    assert padding_fraction(list(one_global_sort)) < ours_pad  # the best possible; pools trade some of it for randomness
+    batches = SentenceBatches(skewed_lengths, batch_size, seed=0)
+    means = np.array([skewed_lengths[batches.batch(s)].mean() for s in range(batches.per_epoch * 5)])
+    random_spread = skewed_lengths.std() / np.sqrt(batch_size)
+    assert 0.7 * random_spread < means.std() < 1.3 * random_spread
+    assert all(np.all(np.diff(skewed_lengths[batches.batch(s)]) >= 0) for s in range(20))  # sorted for micro-batching
+
+
+def test_micro_batches_bound_the_padded_size_and_cover_the_batch(skewed_lengths):
+    lengths = np.sort(skewed_lengths[:128])
+    parts = micro_batches(lengths, 256)
+    assert parts[0].start == 0 and parts[-1].stop == len(lengths)
+    assert all(a.stop == b.start for a, b in itertools.pairwise(parts))  # consecutive, no gaps or overlaps
+    for part in parts:
+        chunk = lengths[part]
+        assert len(chunk) * chunk.max() <= 256 or len(chunk) == 1  # a sentence longer than the budget goes alone
+    assert padding_fraction([lengths[p] for p in parts]) < 0.15  # random batches padded whole: > 0.4 (below)
+    assert padding_fraction([skewed_lengths[i : i + 128] for i in range(0, 896, 128)]) > 0.4
+
+
+def test_micro_batched_gradient_equals_the_whole_batch_gradient(expr_ds, expr_tokenizer):
+    """Gradient accumulation over micro-batches is the gradient of the mean loss over the batch."""
+    seqs = sorted(sequences_of(expr_ds["train"])[:64], key=len)
+    model = formal_sae.build_model(ModelConfig.from_preset("tiny"), expr_tokenizer, formal_sae.dataset_metadata(expr_ds))
+    pad = expr_tokenizer.pad_token_id
+    tokens, labels = pad_batch(seqs, pad, "cpu")
+    next_token_loss(model, tokens, labels).backward()
+    whole = [p.grad.clone() for p in model.parameters() if p.grad is not None]
+    model.zero_grad()
+    loss, n = backward_batch(model, seqs, pad, small_train(micro_batch_tokens=64))
+    assert len(micro_batches(np.array([len(s) for s in seqs]), 64)) > 3  # really split
+    assert n == int((labels != -100).sum())
+    assert loss == pytest.approx(float(next_token_loss(model, tokens, labels).detach()), rel=1e-5)
+    for g, p in zip(whole, [p for p in model.parameters() if p.grad is not None]):
+        torch.testing.assert_close(p.grad, g, rtol=1e-4, atol=1e-6)
 
 
 def test_dataset_smaller_than_a_batch_repeats_sentences():
-    batches = LengthBatches(np.array([3, 5, 4]), batch_size=8, pool_batches=2, seed=0)
+    batches = SentenceBatches(np.array([3, 5, 4]), batch_size=8, seed=0)
     batch = batches.batch(0)
     assert len(batch) == 8 and set(batch.tolist()) == {0, 1, 2}
     assert batches.per_epoch == 1
