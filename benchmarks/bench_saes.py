@@ -223,14 +223,15 @@ def main() -> None:
     p.add_argument("--sharing-tokens", type=int, default=200_000, help="training tokens per cell in (b)")
     p.add_argument("--grid-sentences", type=int, default=20_000, help="train sentences of the grid's dataset in (c)")
     p.add_argument("--repeats", type=int, default=2)
-    p.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a shared 2-core machine)")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: PyTorch's, one per core)")
     p.add_argument("--quick", action="store_true", help="small budgets, to check the script runs")
     p.add_argument("--full-grid", action="store_true", help="(c): run the whole paper-small grid instead of a sample")
     p.add_argument("--parts", default="abc", help="which parts to run, e.g. 'ab'")
     args = p.parse_args()
     if args.quick:
         args.tokens, args.sharing_tokens, args.grid_sentences, args.repeats, args.lm_steps = 20_000, 10_000, 2000, 1, 50
-    torch.set_num_threads(args.threads)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     workdir = Path(tempfile.mkdtemp(prefix="bench-saes-"))
     try:
         if args.model:

@@ -4,11 +4,12 @@ TransformerLens's own ``train`` trains on padding and has no evaluation split, s
 resumable checkpoints, so formal-sae has this loop:
 
 * **no padding waste, no length bias**: every step takes a uniformly random batch of sentences
-  (as the paper), sorts it by length and runs it as a few length-homogeneous micro-batches with
-  gradient accumulation, each padded only to its own longest sentence (the paper pads every
-  sentence to 128 tokens). Batches bucketed by length across steps would be faster still but bias
-  the model: a batch of only one-token Expr sentences teaches "a digit, then stop", and such a
-  model generated sentences a third as long as the data's;
+  (as the paper) and packs it end to end into rows as wide as its longest sentence, with
+  attention masked to each sentence and positions restarting at each sentence, so the loss is
+  exactly that of the sentences computed one by one (the paper pads every sentence to 128
+  tokens). Batches bucketed by length across steps would also avoid padding but bias the model:
+  a batch of only one-token Expr sentences teaches "a digit, then stop", and such a model
+  generated sentences a third as long as the data's;
 * next-token cross-entropy over real tokens only; AdamW with weight decay on matrices only;
   linear warm-up then cosine decay; gradient clipping;
 * validation loss and validity every ``eval_every`` steps, shown on the progress bar;
@@ -23,6 +24,7 @@ import math
 import os
 import shutil
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -90,9 +92,9 @@ class TrainConfig:
 
 # ----------------------------------------------------------------------------- batching
 class SentenceBatches:
-    """Uniformly random batches of sentence indices, each sorted by length; deterministic in
-    (seed, epoch). Each epoch is a fresh permutation cut into batches, so every sentence is used
-    once per epoch and no batch's composition depends on lengths."""
+    """Uniformly random batches of sentence indices, deterministic in (seed, epoch). Each epoch is
+    a fresh permutation cut into batches, so every sentence is used once per epoch and no batch's
+    composition depends on lengths."""
 
     def __init__(self, lengths: np.ndarray, batch_size: int, seed: int) -> None:
         self.lengths, self.batch_size, self.seed = lengths, batch_size, seed
@@ -108,82 +110,116 @@ class SentenceBatches:
         return self._epoch_cache[1]
 
     def batch(self, step: int) -> np.ndarray:
-        """Indices of the batch used at ``step`` (0-based), shortest sentence first."""
+        """Indices of the batch used at ``step`` (0-based)."""
         epoch, index = divmod(step, self.per_epoch)
-        batch = self._epoch(epoch)[index]
-        return batch[np.argsort(self.lengths[batch], kind="stable")]
+        return self._epoch(epoch)[index]
 
 
-#: The fixed cost of one forward and backward pass, in padded tokens: what one more micro-batch
-#: must save in padding to be worth it (measured order of magnitude for the small presets on CPU).
-CALL_COST_TOKENS = 256
+@dataclass
+class PackedBatch:
+    """Sentences packed end to end into rows as wide as the longest one.
+
+    ``segments`` numbers the sentences within each row (-1 at the padding that ends a row) and
+    ``positions`` restarts at 0 with every sentence; :func:`next_token_loss` uses them to mask
+    attention between sentences and to reset positional embeddings, so every sentence is computed
+    exactly as if it were alone in its row.
+    """
+
+    tokens: torch.Tensor  # [row, pos]
+    labels: torch.Tensor  # [row, pos - 1]: the next token within the same sentence, else -100
+    positions: torch.Tensor  # [row, pos]
+    segments: torch.Tensor  # [row, pos]
+
+    @property
+    def n_targets(self) -> int:
+        return int((self.labels != -100).sum())
+
+    def chunks(self, max_tokens: int) -> Iterator[PackedBatch]:
+        """Consecutive groups of rows of at most ``max_tokens`` tokens (at least one row each)."""
+        rows = max(1, max_tokens // self.tokens.shape[1])
+        for start in range(0, self.tokens.shape[0], rows):
+            part = slice(start, start + rows)
+            yield PackedBatch(self.tokens[part], self.labels[part], self.positions[part], self.segments[part])
 
 
-def micro_batches(sorted_lengths: np.ndarray, max_tokens: int, call_cost: int = CALL_COST_TOKENS) -> list[slice]:
-    """Cut a batch sorted by length into consecutive slices, each padded to its longest sentence,
-    minimising padded tokens plus ``call_cost`` per slice (dynamic programming over the cut
-    points); no slice of more than one sentence exceeds ``max_tokens`` padded tokens."""
-    n = len(sorted_lengths)
-    best, cut = np.zeros(n + 1), np.zeros(n + 1, dtype=int)
-    for end in range(1, n + 1):  # best[end]: cheapest cutting of the first ``end`` sentences
-        starts = np.arange(end)
-        area = (end - starts) * float(sorted_lengths[end - 1])
-        cost = best[:end] + call_cost + area
-        cost[(area > max_tokens) & (end - starts > 1)] = np.inf
-        cut[end] = int(np.argmin(cost))
-        best[end] = cost[cut[end]]
-    slices, end = [], n
-    while end > 0:
-        slices.append(slice(cut[end], end))
-        end = cut[end]
-    return slices[::-1]
+def pack_rows(lengths: list[int]) -> list[list[int]]:
+    """First-fit decreasing: the indices of the sentences in each row of width ``max(lengths)``."""
+    width = max(lengths)
+    rows: list[list[int]] = []
+    free: list[int] = []
+    for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
+        row = next((r for r, space in enumerate(free) if space >= lengths[i]), len(rows))
+        if row == len(rows):
+            rows.append([])
+            free.append(width)
+        rows[row].append(i)
+        free[row] -= lengths[i]
+    return rows
 
 
-def pad_batch(sequences: list[list[int]], pad_id: int, device: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-pad to the longest sequence; return tokens and next-token labels (-100 at padding)."""
-    width = max(map(len, sequences))
-    tokens = torch.full((len(sequences), width), pad_id, dtype=torch.long)
-    labels = torch.full((len(sequences), width - 1), -100, dtype=torch.long)
-    for i, seq in enumerate(sequences):
-        tokens[i, : len(seq)] = torch.tensor(seq)
-        labels[i, : len(seq) - 1] = tokens[i, 1 : len(seq)]
-    return tokens.to(device), labels.to(device)
+def pack_sequences(sequences: list[list[int]], pad_id: int, device: str = "cpu") -> PackedBatch:
+    """Pack token sequences into as few rows as first-fit decreasing finds (see :class:`PackedBatch`).
+
+    The paper pads every sentence to 128 tokens, and padding each batch to its longest sentence
+    still wastes most of a batch of long-tailed grammar samples; packed rows are nearly all real
+    tokens."""
+    lengths = [len(s) for s in sequences]
+    rows = pack_rows(lengths)
+    shape = (len(rows), max(lengths))
+    tokens, positions = np.full(shape, pad_id), np.zeros(shape, dtype=np.int64)
+    labels, segments = np.full((shape[0], shape[1] - 1), -100), np.full(shape, -1)
+    for r, members in enumerate(rows):
+        offset = 0
+        for segment, i in enumerate(members):
+            end = offset + lengths[i]
+            tokens[r, offset:end] = sequences[i]
+            labels[r, offset : end - 1] = sequences[i][1:]
+            positions[r, offset:end] = np.arange(lengths[i])
+            segments[r, offset:end] = segment
+            offset = end
+        positions[r, offset:] = np.arange(shape[1] - offset)
+    return PackedBatch(*(torch.from_numpy(a).to(device) for a in (tokens, labels, positions, segments)))
 
 
-def next_token_loss(model, tokens: torch.Tensor, labels: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
-    """Next-token cross-entropy over real (non-padding) targets (``reduction`` "mean" or "sum")."""
-    logits = model(tokens, return_type="logits")[:, :-1]
+def next_token_loss(model, batch: PackedBatch, reduction: str = "sum") -> torch.Tensor:
+    """Next-token cross-entropy over the real targets of a packed batch (``reduction`` "sum" or
+    "mean"). TransformerLens's forward has no per-sentence attention mask or position ids, so two
+    hooks add them: ``hook_pos_embed`` takes each token's position within its sentence, and every
+    ``hook_attn_scores`` (already causal) is masked to the token's own sentence."""
+    if model.cfg.positional_embedding_type != "standard":
+        raise ModelError(f"packed batches need learned positional embeddings, not {model.cfg.positional_embedding_type!r}")
+    same_sentence = (batch.segments[:, :, None] == batch.segments[:, None, :])[:, None]  # [row, 1, query, key]
+    hooks = [
+        ("hook_pos_embed", lambda _, hook: F.embedding(batch.positions, model.W_pos)),
+        (lambda name: name.endswith("hook_attn_scores"), lambda scores, hook: scores.masked_fill(~same_sentence, -math.inf)),
+    ]
+    with model.hooks(fwd_hooks=hooks):
+        logits = model(batch.tokens, return_type="logits")[:, :-1]
     return F.cross_entropy(
-        logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1), ignore_index=-100, reduction=reduction
+        logits.reshape(-1, logits.shape[-1]).float(), batch.labels.reshape(-1), ignore_index=-100, reduction=reduction
     )
 
 
 def backward_batch(model, sequences: list[list[int]], pad_id: int, train: TrainConfig) -> tuple[float, int]:
-    """Backpropagate the mean next-token loss of a batch of sequences (sorted by length) in
-    micro-batches of at most ``train.micro_batch_tokens`` padded tokens; returns the mean loss and
-    the number of targets."""
-    lengths = np.array([len(s) for s in sequences])
-    n_targets = int(lengths.sum()) - len(sequences)  # every token but the first is a target
+    """Backpropagate the mean next-token loss of a batch of sequences, packed, in chunks of at most
+    ``train.micro_batch_tokens`` tokens with gradient accumulation; returns the mean loss and the
+    number of targets."""
+    packed = pack_sequences(sequences, pad_id, train.device)
+    n_targets = packed.n_targets
     loss_sum = 0.0
-    for part in micro_batches(lengths, train.micro_batch_tokens):
-        tokens, labels = pad_batch(sequences[part], pad_id, train.device)
-        loss = next_token_loss(model, tokens, labels, reduction="sum")
+    for chunk in packed.chunks(train.micro_batch_tokens):
+        loss = next_token_loss(model, chunk)
         (loss / n_targets).backward()  # accumulates the gradient of the mean over the whole batch
         loss_sum += loss.detach().item()
     return loss_sum / n_targets, n_targets
 
 
 @torch.no_grad()
-def validation_loss(model, sequences: list[list[int]], pad_id: int, batch_size: int = 256) -> float:
+def validation_loss(model, sequences: list[list[int]], pad_id: int, max_tokens: int = 8192) -> float:
     """Token-weighted mean next-token loss over ``sequences``."""
-    order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))
-    total, count = 0.0, 0
-    for start in range(0, len(order), batch_size):
-        tokens, labels = pad_batch([sequences[i] for i in order[start : start + batch_size]], pad_id, model.cfg.device)
-        n = int((labels != -100).sum())
-        total += float(next_token_loss(model, tokens, labels)) * n
-        count += n
-    return total / max(count, 1)
+    packed = pack_sequences(sequences, pad_id, model.cfg.device)
+    total = sum(float(next_token_loss(model, chunk)) for chunk in packed.chunks(max_tokens))
+    return total / max(packed.n_targets, 1)
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:

@@ -156,7 +156,7 @@ def test_exact_reconstruction_at_s0_gives_zero_loss(model, ds, hook, identity_sa
         x = model.run_with_cache(tokens, names_filter=hook)[1][hook][mask]
         assert torch.equal(sae.decode(sae.encode(x)), x)
         for distance in ("mse", "kl"):
-            assert float(causal_loss(model, sae, hook, tokens, mask, 0.0, distance)[0]) < 1e-8
+            assert float(causal_loss(model, sae, hook, tokens, mask, 0.0, distance)[0]) < 1e-6  # float32 round-off
         assert float(causal_loss(model, random_sae(hook), hook, tokens, mask, 0.5)[0]) > 1e-4
 
 

@@ -160,6 +160,27 @@ def test_paper_topk_keeps_the_k_largest_latents_by_hand():
     assert latents.tolist() == [[0.0, 3.0, 2.0, 0.0]]
 
 
+def test_paper_topk_equals_topk_of_relu_with_its_gradient():
+    """``_topk`` takes the top k before the ReLU; the definition is the top k after it. Same
+    latents and gradients, also for tokens with fewer than k positive pre-activations."""
+    hidden = torch.randn(64, 32)
+    hidden[:8] = -hidden[:8].abs()  # no positive entry at all
+    hidden[8:16, 3:] = -hidden[8:16, 3:].abs()  # fewer positives than k
+    weights = torch.randn(64, 32)
+    grads = []
+    for fn in (
+        lambda h: paper._topk(h, 5),
+        lambda h: torch.zeros_like(h).scatter(-1, h.relu().topk(5, dim=-1).indices, h.relu().topk(5, dim=-1).values),
+    ):
+        h = hidden.clone().requires_grad_(True)
+        out = fn(h)
+        (out * weights).sum().backward()
+        grads.append((out.detach(), h.grad))
+    torch.testing.assert_close(grads[0][0], grads[1][0], rtol=0, atol=0)
+    torch.testing.assert_close(grads[0][1], grads[1][1], rtol=0, atol=0)
+    assert ((grads[0][0] > 0).sum(-1) <= 5).all() and (grads[0][0][:8] == 0).all()
+
+
 @pytest.mark.parametrize("pre_bias", [False, True])
 def test_frozen_biases_stay_zero_through_saelens_training(model, ds, acts, pre_bias):
     for v in ({"k": 4, "normalize_decoder": True}, {"l1_coefficient": 1e-3, "normalize_input": True}):

@@ -24,9 +24,9 @@ from formal_sae.training import (
     backward_batch,
     lr_at,
     make_optimizer,
-    micro_batches,
     next_token_loss,
-    pad_batch,
+    pack_rows,
+    pack_sequences,
     sequences_of,
     validation_loss,
 )
@@ -145,36 +145,6 @@ def test_batch_composition_does_not_depend_on_length(skewed_lengths):
     means = np.array([skewed_lengths[batches.batch(s)].mean() for s in range(batches.per_epoch * 5)])
     random_spread = skewed_lengths.std() / np.sqrt(batch_size)
     assert 0.7 * random_spread < means.std() < 1.3 * random_spread
-    assert all(np.all(np.diff(skewed_lengths[batches.batch(s)]) >= 0) for s in range(20))  # sorted for micro-batching
-
-
-def test_micro_batches_bound_the_padded_size_and_cover_the_batch(skewed_lengths):
-    lengths = np.sort(skewed_lengths[:128])
-    parts = micro_batches(lengths, 256)
-    assert parts[0].start == 0 and parts[-1].stop == len(lengths)
-    assert all(a.stop == b.start for a, b in itertools.pairwise(parts))  # consecutive, no gaps or overlaps
-    for part in parts:
-        chunk = lengths[part]
-        assert len(chunk) * chunk.max() <= 256 or len(chunk) == 1  # a sentence longer than the budget goes alone
-    assert padding_fraction([lengths[p] for p in parts]) < 0.15  # random batches padded whole: > 0.4 (below)
-    assert padding_fraction([skewed_lengths[i : i + 128] for i in range(0, 896, 128)]) > 0.4
-
-
-def test_micro_batched_gradient_equals_the_whole_batch_gradient(expr_ds, expr_tokenizer):
-    """Gradient accumulation over micro-batches is the gradient of the mean loss over the batch."""
-    seqs = sorted(sequences_of(expr_ds["train"])[:64], key=len)
-    model = formal_sae.build_model(ModelConfig.from_preset("tiny"), expr_tokenizer, formal_sae.dataset_metadata(expr_ds))
-    pad = expr_tokenizer.pad_token_id
-    tokens, labels = pad_batch(seqs, pad, "cpu")
-    next_token_loss(model, tokens, labels).backward()
-    whole = [p.grad.clone() for p in model.parameters() if p.grad is not None]
-    model.zero_grad()
-    loss, n = backward_batch(model, seqs, pad, small_train(micro_batch_tokens=64))
-    assert len(micro_batches(np.array([len(s) for s in seqs]), 64)) > 3  # really split
-    assert n == int((labels != -100).sum())
-    assert loss == pytest.approx(float(next_token_loss(model, tokens, labels).detach()), rel=1e-5)
-    for g, p in zip(whole, [p for p in model.parameters() if p.grad is not None]):
-        torch.testing.assert_close(p.grad, g, rtol=1e-4, atol=1e-6)
 
 
 def test_dataset_smaller_than_a_batch_repeats_sentences():
@@ -184,48 +154,94 @@ def test_dataset_smaller_than_a_batch_repeats_sentences():
     assert batches.per_epoch == 1
 
 
-# ---------------------------------------------------------------------------- padding and loss
-def test_pad_batch_labels_are_ignored_exactly_at_padding():
-    seqs = [[20, 1, 2, 21], [20, 13, 21], [20, 21]]
-    tokens, labels = pad_batch(seqs, pad_id=19, device="cpu")
-    assert tokens.tolist() == [[20, 1, 2, 21], [20, 13, 21, 19], [20, 21, 19, 19]]
-    assert labels.tolist() == [[1, 2, 21], [13, 21, -100], [21, -100, -100]]
-    for i, seq in enumerate(seqs):
-        for t in range(labels.shape[1]):
-            assert (labels[i, t] == -100) == (t + 1 >= len(seq))
-
-
-def test_next_token_loss_is_mean_over_real_targets(expr_tokenizer):
-    model = formal_sae.build_model(ModelConfig.from_preset("tiny", seed=1), expr_tokenizer)
-    seqs = [[20, 13, 1, 2, 21], [20, 3, 21], [20, 10, 10, 4, 21]]
-    tokens, labels = pad_batch(seqs, expr_tokenizer.pad_token_id, "cpu")
-    loss = next_token_loss(model, tokens, labels)
+# ---------------------------------------------------------------------------- packing and loss
+def sentence_losses(model, seqs: list[list[int]]) -> torch.Tensor:
+    """Every next-token loss term of every sequence, each sequence run alone (no padding, no packing)."""
     terms = []
-    for seq in seqs:  # each sequence alone, no padding at all
+    for seq in seqs:
         logits = model(torch.tensor([seq]))[0]
         terms += [-torch.log_softmax(logits[t], -1)[seq[t + 1]] for t in range(len(seq) - 1)]
-    assert len(terms) == 4 + 2 + 4
-    torch.testing.assert_close(loss, torch.stack(terms).mean(), rtol=1e-5, atol=1e-6)
-    # F.cross_entropy over the real positions only
-    logits = model(tokens)[:, :-1]
-    mask = labels != -100
-    torch.testing.assert_close(loss, F.cross_entropy(logits[mask], labels[mask]), rtol=1e-5, atol=1e-6)
-    # extra padding changes nothing
+    return torch.stack(terms)
+
+
+def test_pack_rows_places_every_sentence_once_within_the_width(skewed_lengths):
+    lengths = skewed_lengths[:128].tolist()
+    rows = pack_rows(lengths)
+    assert sorted(i for row in rows for i in row) == list(range(128))
+    assert all(sum(lengths[i] for i in row) <= max(lengths) for row in rows)
+    fill = sum(lengths) / (len(rows) * max(lengths))
+    assert fill > 0.9  # first-fit decreasing: near the bound
+    assert len(rows) <= math.ceil(11 / 9 * math.ceil(sum(lengths) / max(lengths))) + 1  # FFD <= 11/9 OPT + 1
+    assert padding_fraction([np.array(lengths)]) > 0.4  # the same batch padded to its longest: mostly padding
+
+
+def test_pack_sequences_by_hand():
+    seqs = [[20, 1, 2, 21], [20, 13, 21], [20, 21]]
+    packed = pack_sequences(seqs, pad_id=19)
+    # width 4, and no two sentences fit together in a row: padded as usual
+    assert packed.tokens.tolist() == [[20, 1, 2, 21], [20, 13, 21, 19], [20, 21, 19, 19]]
+    assert packed.labels.tolist() == [[1, 2, 21], [13, 21, -100], [21, -100, -100]]
+    assert packed.n_targets == 3 + 2 + 1
+    packed = pack_sequences([[20, 5, 21], [20, 21], [20, 6, 7, 8, 21], [20, 21]], pad_id=19)
+    assert packed.tokens.tolist() == [[20, 6, 7, 8, 21], [20, 5, 21, 20, 21], [20, 21, 19, 19, 19]]
+    assert packed.labels.tolist() == [[6, 7, 8, 21], [5, 21, -100, 21], [21, -100, -100, -100]]  # no target across sentences
+    assert packed.positions.tolist() == [[0, 1, 2, 3, 4], [0, 1, 2, 0, 1], [0, 1, 0, 1, 2]]
+    assert packed.segments.tolist() == [[0, 0, 0, 0, 0], [0, 0, 0, 1, 1], [0, 0, -1, -1, -1]]
+    chunks = list(packed.chunks(10))
+    assert [c.tokens.shape[0] for c in chunks] == [2, 1]
+    assert torch.equal(torch.cat([c.tokens for c in chunks]), packed.tokens)
+    assert [c.tokens.shape[0] for c in packed.chunks(1)] == [1, 1, 1]  # a row wider than the budget goes alone
+
+
+def test_packed_loss_equals_each_sentence_run_alone(expr_ds, expr_tokenizer):
+    """Attention masked to each sentence and positions restarted per sentence: packing changes no
+    loss term (second implementation: every sentence through the model on its own)."""
+    model = formal_sae.build_model(ModelConfig.from_preset("tiny", seed=1), expr_tokenizer)
+    seqs = sequences_of(expr_ds["train"])[:40]
+    packed = pack_sequences(seqs, expr_tokenizer.pad_token_id)
+    assert packed.tokens.shape[0] < len(seqs) / 2  # really packed several sentences per row
+    alone = sentence_losses(model, seqs)
+    assert packed.n_targets == len(alone)
+    torch.testing.assert_close(next_token_loss(model, packed), alone.sum(), rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(next_token_loss(model, packed, reduction="mean"), alone.mean(), rtol=1e-5, atol=1e-6)
+    assert not model.hook_dict["hook_pos_embed"].fwd_hooks  # the hooks are gone afterwards
+
+
+def test_packing_without_the_masks_would_change_the_loss(expr_ds, expr_tokenizer):
+    """The test above can fail: the same rows run without the hooks give another loss (by far
+    more than its tolerance, even for an untrained model)."""
+    model = formal_sae.build_model(ModelConfig.from_preset("tiny", seed=1), expr_tokenizer)
+    packed = pack_sequences(sequences_of(expr_ds["train"])[:40], expr_tokenizer.pad_token_id)
+    with torch.no_grad():
+        logits = model(packed.tokens)[:, :-1]
+        unmasked = F.cross_entropy(
+            logits.reshape(-1, logits.shape[-1]), packed.labels.reshape(-1), ignore_index=-100, reduction="sum"
+        )
+        assert abs(float(unmasked) - float(next_token_loss(model, packed))) > 0.05
+
+
+def test_accumulated_gradient_equals_the_per_sentence_gradient(expr_ds, expr_tokenizer):
+    """Gradient accumulation over chunks of packed rows is the gradient of the mean loss over the batch."""
+    seqs = sequences_of(expr_ds["train"])[:64]
+    model = formal_sae.build_model(ModelConfig.from_preset("tiny"), expr_tokenizer, formal_sae.dataset_metadata(expr_ds))
+    expected_loss = sentence_losses(model, seqs).mean()
+    expected_loss.backward()
+    expected = [p.grad.clone() for p in model.parameters() if p.grad is not None]
+    model.zero_grad()
     pad = expr_tokenizer.pad_token_id
-    longer_tokens = torch.cat([tokens, torch.full((3, 6), pad)], dim=1)
-    longer_labels = torch.cat([labels, torch.full((3, 6), -100)], dim=1)
-    torch.testing.assert_close(next_token_loss(model, longer_tokens, longer_labels), loss, rtol=1e-5, atol=1e-6)
-    alone = next_token_loss(model, *pad_batch([seqs[1]], pad, "cpu"))
-    t, lab = pad_batch([seqs[1], [20, 10, 10, 4, 21, 1, 1]], pad, "cpu")  # seqs[1] padded by four
-    assert lab[0].tolist() == [3, 21, -100, -100, -100, -100]
-    torch.testing.assert_close(next_token_loss(model, t[:1], lab[:1]), alone, rtol=1e-5, atol=1e-6)
+    loss, n = backward_batch(model, seqs, pad, small_train(micro_batch_tokens=32))
+    assert len(list(pack_sequences(seqs, pad).chunks(32))) > 3  # really split
+    assert n == sum(len(s) - 1 for s in seqs)
+    assert loss == pytest.approx(expected_loss.item(), rel=1e-5)
+    for g, p in zip(expected, [p for p in model.parameters() if p.grad is not None]):
+        torch.testing.assert_close(p.grad, g, rtol=1e-4, atol=1e-6)
 
 
 def test_validation_loss_is_token_weighted(expr_tokenizer, expr_ds):
     model = formal_sae.build_model(ModelConfig.from_preset("tiny", seed=1), expr_tokenizer)
     seqs = sequences_of(expr_ds["validation"])[:12]
-    all_at_once = next_token_loss(model, *pad_batch(seqs, expr_tokenizer.pad_token_id, "cpu")).item()
-    assert validation_loss(model, seqs, expr_tokenizer.pad_token_id, batch_size=5) == pytest.approx(all_at_once, rel=1e-5)
+    expected = sentence_losses(model, seqs).mean().item()
+    assert validation_loss(model, seqs, expr_tokenizer.pad_token_id, max_tokens=20) == pytest.approx(expected, rel=1e-5)
 
 
 # ---------------------------------------------------------------------------- schedule and optimiser
@@ -318,7 +334,7 @@ def test_training_writes_its_outputs(run_a, expr_ds):
 def test_saved_model_reproduces_the_trained_model(run_a, expr_ds, expr_tokenizer):
     model, out = run_a
     loaded = load_model(out)
-    tokens, _ = pad_batch(sequences_of(expr_ds["validation"])[:8], expr_tokenizer.pad_token_id, "cpu")
+    tokens = pack_sequences(sequences_of(expr_ds["validation"])[:8], expr_tokenizer.pad_token_id).tokens
     assert torch.equal(model(tokens), loaded(tokens))
     assert states_equal(model_state(model), model_state(loaded))
     metrics = json.loads((out / "metrics.json").read_text())

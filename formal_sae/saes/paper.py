@@ -51,11 +51,13 @@ def _unit_tokens(x: torch.Tensor) -> torch.Tensor:
 
 
 def _topk(hidden: torch.Tensor, k: int | None) -> torch.Tensor:
-    acts = hidden.relu()
-    if k is None or k >= acts.shape[-1]:
-        return acts
-    values, indices = acts.topk(k, dim=-1, sorted=False)
-    return torch.zeros_like(acts).scatter_(-1, indices, values)
+    """``TopK(ReLU(hidden))``, computed as ``ReLU`` of the top k of ``hidden``: the same latents
+    and gradients (a selected non-positive entry is zero either way), with the ReLU applied to k
+    entries per token instead of all of them."""
+    if k is None or k >= hidden.shape[-1]:
+        return hidden.relu()
+    values, indices = hidden.topk(k, dim=-1, sorted=False)
+    return torch.zeros_like(hidden).scatter_(-1, indices, values.relu())
 
 
 # ------------------------------------------------------------------------------ inference

@@ -203,7 +203,7 @@ def activation_batches(acts: torch.Tensor, batch_size: int, seed: int) -> Iterat
     while True:
         perm = torch.randperm(len(acts), generator=gen)
         for start in range(0, len(perm) - batch_size + 1, batch_size):
-            yield acts[perm[start : start + batch_size]]
+            yield acts.index_select(0, perm[start : start + batch_size])  # ~3x faster than acts[idx] on CPU
 
 
 def cache_activations(
