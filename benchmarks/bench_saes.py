@@ -9,8 +9,10 @@ the same process on the same model:
     same architecture (``topk``), d_sae, k, batch and number of training tokens, same hook.
     Both runs see fresh tokens only (the dataset holds more sentence tokens than the budget);
     the best of ``--repeats`` alternating runs is reported.
-(b) ``sweep`` over one panel of the paper grid (TopK, no normalisation; evaluation off) against training the same cells one by one with
-    ``train_sae`` and no shared cache (each recomputes its activations).
+(b) ``sweep`` (evaluation off) against training the same cells one by one with
+    ``train_sae`` and no shared cache (each recomputes its activations), on two sets of cells:
+    the paper's TopK panel without normalisation (the costliest cells to train, so the least
+    to gain) and a stratified sample of the ``small``-scale paper grid (every variant).
 (c) the time of the ``small``-scale paper grid for one grammar: extrapolated from a stratified
     sample of its cells (2 per sparsity kind and expansion factor, trained and evaluated as the
     sweep does), or measured with ``--full-grid``.
@@ -133,41 +135,79 @@ def throughput(model, args, workdir: Path) -> list[str]:
     ]
 
 
+def stratified_sample(grid, per_stratum: int = 2) -> tuple[list, dict]:
+    """``per_stratum`` random cells (seeded) of every (sparsity kind, expansion factor) stratum of
+    ``grid``, and the strata."""
+    strata: dict[tuple[str, int], list] = {}
+    for cell in grid.cells:
+        strata.setdefault((sparsity_of(cell.config)[0], cell.config.expansion_factor), []).append(cell)
+    rng = random.Random(0)
+    return [c for cells in strata.values() for c in rng.sample(cells, min(per_stratum, len(cells)))], strata
+
+
+def shared_vs_separate(model, ds, grid, workdir: Path, repeats: int) -> tuple[tuple[float, float], ...]:
+    """Best (wall, CPU) seconds of ``repeats`` alternating runs of ``sweep`` over ``grid`` (no
+    evaluation) and of the same cells trained one by one with ``train_sae`` (each computing its
+    own activations); and the seconds of one activation cache."""
+    shared_runs, separate_runs = [], []
+    for r in range(repeats):
+        log(f"(b) {grid.name}, repeat {r + 1}/{repeats}: sweep over {len(grid)} cells (shared cache, no evaluation) ...")
+        with timer() as shared:
+            sweep(model, ds, grid, workdir / f"{grid.name}-sweep{r}", evaluate=False, progress=False, plots=False)
+        log(f"    {shared[0]:.1f} s ({shared[1]:.1f} s CPU); the same cells one by one, each caching its own activations ...")
+        with timer() as separate:
+            for cell in grid.cells:
+                train_sae(model, ds, cell.config, out_dir=workdir / f"{grid.name}-separate{r}" / cell.id)
+        log(f"    {separate[0]:.1f} s ({separate[1]:.1f} s CPU)")
+        shared_runs.append(shared)
+        separate_runs.append(separate)
+    with timer() as cache:
+        cache_activations(model, ds, DEFAULT_HOOK, max(c.config.training_tokens for c in grid.cells))
+    return best(shared_runs), best(separate_runs), (cache[0], cache[1])
+
+
 def sharing(model, args, workdir: Path) -> list[str]:
     d_in = hook_width(model, DEFAULT_HOOK)
     tokens = args.sharing_tokens
-    # One panel of the paper's grid (TopK, no normalisation: expansion x k, k <= d_sae), the unit
-    # the paper sweeps and plots as one heat map.
-    cells = {
-        "name": "sharing",
-        "base": {"architecture": "paper", "training_tokens": tokens, "batch_size_tokens": 1024, "lr": 1e-3},
-        "cells": [{"expansion_factor": e, "k": k} for e in (1, 2, 4, 8) for k in (8, 16, 32, 64, 128) if k <= e * d_in],
-    }
-    ds = fresh_dataset(model, int(tokens / 4.0) + 2000)  # fresh tokens for every run, as the paper's online data
-    grid = grid_from_dict(cells)
-    log(f"(b) sweep over {len(grid)} cells (shared cache, no evaluation) ...")
-    with timer() as shared:
-        sweep(model, ds, grid, workdir / "sharing-sweep", evaluate=False, progress=False, plots=False)
-    log(f"    {shared[0]:.1f} s ({shared[1]:.1f} s CPU); the same cells one by one, each caching its own activations ...")
-    with timer() as separate:
-        for cell in grid.cells:
-            train_sae(model, ds, cell.config, out_dir=workdir / "sharing-separate" / cell.id)
-    with timer() as cache:
-        cache_activations(model, ds, DEFAULT_HOOK, tokens)
-    log(f"    {separate[0]:.1f} s ({separate[1]:.1f} s CPU); one activation cache: {cache[0]:.1f} s ({cache[1]:.1f} s CPU)")
-    return [
-        f"### (b) Sweep sharing (the paper's TopK panel: {len(grid)} cells, expansion {{1, 2, 4, 8}} x k {{8, ..., 128}} <= d_sae, "
-        f"{tokens:,} training tokens each, d_in {d_in}, evaluation off)",
+    # (b1) One panel of the paper's grid (TopK, no normalisation: expansion x k, k <= d_sae), the
+    # unit the paper sweeps and plots as one heat map, and the costliest cells to train (TopK).
+    panel = grid_from_dict(
+        {
+            "name": "topk-panel",
+            "base": {"architecture": "paper", "training_tokens": tokens, "batch_size_tokens": 1024, "lr": 1e-3},
+            "cells": [{"expansion_factor": e, "k": k} for e in (1, 2, 4, 8) for k in (8, 16, 32, 64, 128) if k <= e * d_in],
+        }
+    )
+    # (b2) The grid the issue names: a stratified sample of the small-scale paper grid (every
+    # variant, L1 and TopK), at its own settings.
+    sample, _ = stratified_sample(paper_grid("small", d_in=d_in))
+    grid_sample = grid_from_dict({"name": "paper-small-sample", "cells": [c.to_dict() for c in sample]})
+    most = max(c.config.training_tokens for c in panel.cells + grid_sample.cells)
+    ds = fresh_dataset(model, int(most / 4.0) + 2000)  # fresh tokens for every run, as the paper's online data
+    lines = [
+        f"### (b) Sweep sharing (evaluation off; d_in {d_in}; best of {args.repeats} alternating runs): `sweep` against the same "
+        "cells trained one by one with `train_sae`, each computing its own activations",
         "",
-        "| run | wall s | CPU s | ratio (wall) | ratio (CPU) |",
-        "|---|---|---|---|---|",
-        f"| `train_sae` per cell, each computing its activations | {separate[0]:.1f} | {separate[1]:.1f} | 1.00x | 1.00x |",
-        f"| `sweep` (activations computed once: {cache[0]:.1f} s, {cache[1]:.1f} s CPU) | {shared[0]:.1f} | {shared[1]:.1f} "
-        f"| **{separate[0] / shared[0]:.2f}x** | **{separate[1] / shared[1]:.2f}x** |",
-        "",
-        f"Target: sweep >= {TARGET_SHARING}x separate runs.",
-        "",
+        "| cells | training per cell | separate: wall s (CPU s) | `sweep`: wall s (CPU s) | one activation cache: wall s | ratio (wall) | ratio (CPU) |",
+        "|---|---|---|---|---|---|---|",
     ]
+    for grid, what in (
+        (
+            panel,
+            f"the paper's TopK panel, no normalisation: {len(panel)} cells, expansion {{1, 2, 4, 8}} x k {{8, ..., 128}} <= d_sae",
+        ),
+        (
+            grid_sample,
+            f"`paper-small` grid, 2 cells per sparsity kind x expansion factor: {len(grid_sample)} cells, every variant",
+        ),
+    ):
+        shared, separate, cache = shared_vs_separate(model, ds, grid, workdir, args.repeats)
+        cfg = grid.cells[0].config
+        lines.append(
+            f"| {what} | {cfg.training_tokens:,} tokens, batch {cfg.batch_size_tokens} | {separate[0]:.1f} ({separate[1]:.1f}) "
+            f"| {shared[0]:.1f} ({shared[1]:.1f}) | {cache[0]:.1f} | **{separate[0] / shared[0]:.2f}x** | **{separate[1] / shared[1]:.2f}x** |"
+        )
+    return [*lines, "", f"Target: sweep >= {TARGET_SHARING}x separate runs.", ""]
 
 
 def paper_small(model, args, workdir: Path) -> list[str]:
@@ -181,11 +221,7 @@ def paper_small(model, args, workdir: Path) -> list[str]:
         total, total_cpu = t
         how = f"measured: all {len(grid)} cells trained and evaluated"
     else:
-        strata: dict[tuple[str, int], list] = {}
-        for cell in grid.cells:
-            strata.setdefault((sparsity_of(cell.config)[0], cell.config.expansion_factor), []).append(cell)
-        rng = random.Random(0)
-        sample = [c for cells in strata.values() for c in rng.sample(cells, min(2, len(cells)))]
+        sample, strata = stratified_sample(grid)
         sub = {"name": "paper-small-sample", "cells": [c.to_dict() for c in sample]}
         log(f"(c) {len(sample)} sampled cells of the paper-small grid ({len(grid)} cells), trained and evaluated ...")
         with timer() as cache:
