@@ -9,7 +9,7 @@ import torch
 
 import formal_sae
 from formal_sae import DatasetError, SAEError
-from formal_sae.activations import collect_activations, hook_shape, hook_width, iter_sentence_batches
+from formal_sae.activations import collect_activations, hook_shape, hook_width, iter_sentence_batches, padded_batch
 
 HOOK = "blocks.0.hook_resid_post"
 
@@ -71,6 +71,24 @@ def test_max_sentences_takes_the_first_rows(ds, model):
 
 
 # ---------------------------------------------------------------------------- collect_activations
+def test_an_explicit_order_runs_exactly_those_rows_in_that_order(ds, model):
+    order = np.array([7, 2, 11, 0, 5])
+    batches = list(iter_sentence_batches(model, ds["test"], HOOK, batch_size=2, order=order))
+    assert [b.batch_rows.tolist() for b in batches] == [[7, 2], [11, 0], [5]]
+    alone = {
+        int(r): b.acts[b.rows == r]
+        for b in iter_sentence_batches(model, ds["test"], HOOK, batch_size=1, order=order)
+        for r in b.batch_rows
+    }
+    for b in batches:
+        for r in b.batch_rows:
+            torch.testing.assert_close(b.acts[b.rows == r], alone[int(r)])  # padding changes nothing
+
+
+def test_padded_batch_by_hand():
+    assert padded_batch([[5, 6, 7], [8], [9, 10]], pad_id=0).tolist() == [[5, 6, 7], [8, 0, 0], [9, 10, 0]]
+
+
 def test_collect_activations_returns_all_sentence_tokens_in_dataset_order(ds, model):
     acts = collect_activations(model, ds["validation"], HOOK, batch_size=8)
     expected = torch.cat(direct_row_acts(model, ds["validation"], HOOK))

@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 import datasets
-import numpy as np
 import torch
 from sae_lens import SAE, LoggingConfig, SAETrainer, TrainingSAE
 from sae_lens.config import SAETrainerConfig
@@ -28,7 +27,7 @@ from sae_lens.saes.sae import SAEMetadata
 from transformer_lens import HookedTransformer
 
 from formal_sae.activations import DEFAULT_HOOK, check_hook, collect_activations, hook_shape
-from formal_sae.data import column, dataset_metadata
+from formal_sae.data import dataset_metadata
 from formal_sae.errors import SAEError
 from formal_sae.io import write_json
 from formal_sae.saes import paper
@@ -212,18 +211,7 @@ def cache_activations(
     """Sentence-token activations of ``split`` at ``hook_name``: up to ``max_tokens``, and at least
     one batch. Training cycles over them (epochs) when the split is smaller than the budget."""
     check_hook(model, hook_name)
-    rows = dataset[split]
-    lengths = np.asarray(column(rows, "length"))
-    n = min(len(lengths), int(np.searchsorted(np.cumsum(lengths), max_tokens)) + 1)  # the budget's rows, in dataset order
-    # Run them sorted by length: batches of similar lengths carry little padding (with the heavy
-    # tail of sentence lengths, dataset-order pools padded to 2.4 positions per sentence token,
-    # sorted batches to 1.6), then put the activations back in dataset order.
-    order = np.argsort(lengths[:n], kind="stable")
-    acts = collect_activations(model, rows.select(order), hook_name)
-    starts = np.concatenate([[0], np.cumsum(lengths[order])[:-1]])  # where each sorted row's tokens begin
-    first = starts[np.argsort(order)]  # ... for each row in dataset order
-    index = np.repeat(first - np.concatenate([[0], np.cumsum(lengths[:n])[:-1]]), lengths[:n]) + np.arange(lengths[:n].sum())
-    return acts[torch.from_numpy(index)][:max_tokens]
+    return collect_activations(model, dataset[split], hook_name, max_tokens)
 
 
 def model_name_of(model) -> str:
