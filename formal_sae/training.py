@@ -24,7 +24,6 @@ import math
 import os
 import shutil
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,6 +38,7 @@ from formal_sae.errors import FormalSAEError, ModelError
 from formal_sae.generation import evaluate_validity
 from formal_sae.io import read_json, write_json
 from formal_sae.models import ModelConfig, build_model, load_weights, model_state, resolve_device, save_model
+from formal_sae.packing import PackedBatch, pack_sequences, packed_hooks
 from formal_sae.seeding import deterministic
 
 CHECKPOINT_DIR = "checkpoint"
@@ -115,85 +115,10 @@ class SentenceBatches:
         return self._epoch(epoch)[index]
 
 
-@dataclass
-class PackedBatch:
-    """Sentences packed end to end into rows as wide as the longest one.
-
-    ``segments`` numbers the sentences within each row (-1 at the padding that ends a row) and
-    ``positions`` restarts at 0 with every sentence; :func:`next_token_loss` uses them to mask
-    attention between sentences and to reset positional embeddings, so every sentence is computed
-    exactly as if it were alone in its row.
-    """
-
-    tokens: torch.Tensor  # [row, pos]
-    labels: torch.Tensor  # [row, pos - 1]: the next token within the same sentence, else -100
-    positions: torch.Tensor  # [row, pos]
-    segments: torch.Tensor  # [row, pos]
-
-    @property
-    def n_targets(self) -> int:
-        return int((self.labels != -100).sum())
-
-    def chunks(self, max_tokens: int) -> Iterator[PackedBatch]:
-        """Consecutive groups of rows of at most ``max_tokens`` tokens (at least one row each)."""
-        rows = max(1, max_tokens // self.tokens.shape[1])
-        for start in range(0, self.tokens.shape[0], rows):
-            part = slice(start, start + rows)
-            yield PackedBatch(self.tokens[part], self.labels[part], self.positions[part], self.segments[part])
-
-
-def pack_rows(lengths: list[int]) -> list[list[int]]:
-    """First-fit decreasing: the indices of the sentences in each row of width ``max(lengths)``."""
-    width = max(lengths)
-    rows: list[list[int]] = []
-    free: list[int] = []
-    for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
-        row = next((r for r, space in enumerate(free) if space >= lengths[i]), len(rows))
-        if row == len(rows):
-            rows.append([])
-            free.append(width)
-        rows[row].append(i)
-        free[row] -= lengths[i]
-    return rows
-
-
-def pack_sequences(sequences: list[list[int]], pad_id: int, device: str = "cpu") -> PackedBatch:
-    """Pack token sequences into as few rows as first-fit decreasing finds (see :class:`PackedBatch`).
-
-    The paper pads every sentence to 128 tokens, and padding each batch to its longest sentence
-    still wastes most of a batch of long-tailed grammar samples; packed rows are nearly all real
-    tokens."""
-    lengths = [len(s) for s in sequences]
-    rows = pack_rows(lengths)
-    shape = (len(rows), max(lengths))
-    tokens, positions = np.full(shape, pad_id), np.zeros(shape, dtype=np.int64)
-    labels, segments = np.full((shape[0], shape[1] - 1), -100), np.full(shape, -1)
-    for r, members in enumerate(rows):
-        offset = 0
-        for segment, i in enumerate(members):
-            end = offset + lengths[i]
-            tokens[r, offset:end] = sequences[i]
-            labels[r, offset : end - 1] = sequences[i][1:]
-            positions[r, offset:end] = np.arange(lengths[i])
-            segments[r, offset:end] = segment
-            offset = end
-        positions[r, offset:] = np.arange(shape[1] - offset)
-    return PackedBatch(*(torch.from_numpy(a).to(device) for a in (tokens, labels, positions, segments)))
-
-
 def next_token_loss(model, batch: PackedBatch, reduction: str = "sum") -> torch.Tensor:
     """Next-token cross-entropy over the real targets of a packed batch (``reduction`` "sum" or
-    "mean"). TransformerLens's forward has no per-sentence attention mask or position ids, so two
-    hooks add them: ``hook_pos_embed`` takes each token's position within its sentence, and every
-    ``hook_attn_scores`` (already causal) is masked to the token's own sentence."""
-    if model.cfg.positional_embedding_type != "standard":
-        raise ModelError(f"packed batches need learned positional embeddings, not {model.cfg.positional_embedding_type!r}")
-    same_sentence = (batch.segments[:, :, None] == batch.segments[:, None, :])[:, None]  # [row, 1, query, key]
-    hooks = [
-        ("hook_pos_embed", lambda _, hook: F.embedding(batch.positions, model.W_pos)),
-        (lambda name: name.endswith("hook_attn_scores"), lambda scores, hook: scores.masked_fill(~same_sentence, -math.inf)),
-    ]
-    with model.hooks(fwd_hooks=hooks):
+    "mean"), every sentence computed as if alone (:func:`formal_sae.packing.packed_hooks`)."""
+    with model.hooks(fwd_hooks=packed_hooks(model, batch)):
         logits = model(batch.tokens, return_type="logits")[:, :-1]
     return F.cross_entropy(
         logits.reshape(-1, logits.shape[-1]).float(), batch.labels.reshape(-1), ignore_index=-100, reduction=reduction

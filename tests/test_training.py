@@ -19,14 +19,13 @@ import formal_sae.training as training
 from formal_sae import ModelConfig, ModelError, TrainConfig, load_model, train_model
 from formal_sae.cli import main
 from formal_sae.models import model_state
+from formal_sae.packing import pack_rows, pack_sequences
 from formal_sae.training import (
     SentenceBatches,
     backward_batch,
     lr_at,
     make_optimizer,
     next_token_loss,
-    pack_rows,
-    pack_sequences,
     sequences_of,
     validation_loss,
 )
@@ -186,7 +185,7 @@ def test_pack_sequences_by_hand():
     assert packed.tokens.tolist() == [[20, 6, 7, 8, 21], [20, 5, 21, 20, 21], [20, 21, 19, 19, 19]]
     assert packed.labels.tolist() == [[6, 7, 8, 21], [5, 21, -100, 21], [21, -100, -100, -100]]  # no target across sentences
     assert packed.positions.tolist() == [[0, 1, 2, 3, 4], [0, 1, 2, 0, 1], [0, 1, 0, 1, 2]]
-    assert packed.segments.tolist() == [[0, 0, 0, 0, 0], [0, 0, 0, 1, 1], [0, 0, -1, -1, -1]]
+    assert packed.sequences.tolist() == [[2, 2, 2, 2, 2], [0, 0, 0, 1, 1], [3, 3, -1, -1, -1]]
     chunks = list(packed.chunks(10))
     assert [c.tokens.shape[0] for c in chunks] == [2, 1]
     assert torch.equal(torch.cat([c.tokens for c in chunks]), packed.tokens)
