@@ -6,7 +6,9 @@ every sentence to 128 tokens. Here sentences are packed end to end into rows as 
 longest one. TransformerLens's forward has no per-sentence attention mask or position ids, so two
 hooks supply them (:func:`packed_hooks`): ``hook_pos_embed`` takes each token's position within
 its sentence, and every ``hook_attn_scores`` (already causal) is masked to the token's own
-sentence. Training (the next-token loss) and the activation cache both run this way.
+sentence. Language-model training runs this way. (The activation cache does not: rows as wide
+as the longest sentence make attention costlier per token than batches of similar lengths,
+and it measured no faster.)
 """
 
 from __future__ import annotations
@@ -49,7 +51,9 @@ class PackedBatch:
 
 
 def pack_rows(lengths: list[int]) -> list[list[int]]:
-    """First-fit decreasing: the indices of the sentences in each row of width ``max(lengths)``."""
+    """First-fit decreasing: the indices of the sentences in each row of width ``max(lengths)``
+    (at most 11/9 of the optimal number of rows, plus one). Quadratic in the worst case: meant
+    for a training batch, not a whole dataset."""
     width = max(lengths)
     rows: list[list[int]] = []
     free: list[int] = []

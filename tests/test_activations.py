@@ -71,12 +71,26 @@ def test_max_sentences_takes_the_first_rows(ds, model):
 
 
 # ---------------------------------------------------------------------------- collect_activations
+def test_an_explicit_order_runs_exactly_those_rows_in_that_order(ds, model):
+    order = np.array([7, 2, 11, 0, 5])
+    batches = list(iter_sentence_batches(model, ds["test"], HOOK, batch_size=2, order=order))
+    assert [b.batch_rows.tolist() for b in batches] == [[7, 2], [11, 0], [5]]
+    alone = {
+        int(r): b.acts[b.rows == r]
+        for b in iter_sentence_batches(model, ds["test"], HOOK, batch_size=1, order=order)
+        for r in b.batch_rows
+    }
+    for b in batches:
+        for r in b.batch_rows:
+            torch.testing.assert_close(b.acts[b.rows == r], alone[int(r)])  # padding changes nothing
+
+
 def test_padded_batch_by_hand():
     assert padded_batch([[5, 6, 7], [8], [9, 10]], pad_id=0).tolist() == [[5, 6, 7], [8, 0, 0], [9, 10, 0]]
 
 
 def test_collect_activations_returns_all_sentence_tokens_in_dataset_order(ds, model):
-    acts = collect_activations(model, ds["validation"], HOOK, tokens_per_pass=64)
+    acts = collect_activations(model, ds["validation"], HOOK, batch_size=8)
     expected = torch.cat(direct_row_acts(model, ds["validation"], HOOK))
     assert acts.shape == (sum(ds["validation"]["length"]), model.cfg.d_model)
     torch.testing.assert_close(acts, expected, atol=1e-5, rtol=1e-5)
@@ -84,7 +98,7 @@ def test_collect_activations_returns_all_sentence_tokens_in_dataset_order(ds, mo
 
 def test_collect_activations_with_the_paper_prompt_skips_the_prompt(paper_prompt_setup):
     ds, model = paper_prompt_setup  # a 7-token prompt before every sentence, packed several to a row
-    acts = collect_activations(model, ds["train"], HOOK, tokens_per_pass=64)
+    acts = collect_activations(model, ds["train"], HOOK, batch_size=8)
     torch.testing.assert_close(acts, torch.cat(direct_row_acts(model, ds["train"], HOOK)), atol=1e-5, rtol=1e-5)
 
 
@@ -96,7 +110,7 @@ def test_collect_activations_budget_is_a_prefix_of_the_split_not_its_shortest_se
     assert np.median(lengths) == 1 and lengths[: np.searchsorted(np.cumsum(lengths), 100) + 1].mean() > 2
     # a budget far below one pool, one ending inside a sentence, and one above the whole split
     for budget in (100, int(lengths[:150].sum()) + 1, int(lengths.sum()) + 50):
-        acts = collect_activations(model, split, HOOK, max_tokens=budget, tokens_per_pass=64)
+        acts = collect_activations(model, split, HOOK, max_tokens=budget, batch_size=8)
         assert len(acts) == min(budget, lengths.sum())
         torch.testing.assert_close(acts, direct[:budget], atol=1e-5, rtol=1e-5)
 
