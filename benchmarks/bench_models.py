@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import time
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from common import machine
@@ -47,7 +46,7 @@ def training_throughput(grammar: str, preset: str, steps: int, batch_size: int =
     tok = formal_sae.build_tokenizer(formal_sae.grammar_of(formal_sae.dataset_metadata(ds)))
     seqs = sequences_of(ds["train"])
     cfg = TrainConfig(steps=steps, batch_size=batch_size)
-    batches = SentenceBatches(np.array([len(s) for s in seqs]), batch_size, 0)
+    batches = SentenceBatches(len(seqs), batch_size, 0)
     steppers = {
         "packed": lambda model, chunk: backward_batch(model, chunk, tok.pad_token_id, cfg)[1],
         "padded128": lambda model, chunk: padded_128_step(model, chunk, tok.pad_token_id),

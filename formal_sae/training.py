@@ -96,14 +96,14 @@ class SentenceBatches:
     a fresh permutation cut into batches, so every sentence is used once per epoch and no batch's
     composition depends on lengths."""
 
-    def __init__(self, lengths: np.ndarray, batch_size: int, seed: int) -> None:
-        self.lengths, self.batch_size, self.seed = lengths, batch_size, seed
-        self.per_epoch = max(1, len(lengths) // batch_size)
+    def __init__(self, n_sentences: int, batch_size: int, seed: int) -> None:
+        self.n_sentences, self.batch_size, self.seed = n_sentences, batch_size, seed
+        self.per_epoch = max(1, n_sentences // batch_size)
         self._epoch_cache: tuple[int, np.ndarray] | None = None
 
     def _epoch(self, epoch: int) -> np.ndarray:
         if self._epoch_cache is None or self._epoch_cache[0] != epoch:
-            order = np.random.default_rng([self.seed, epoch]).permutation(len(self.lengths))
+            order = np.random.default_rng([self.seed, epoch]).permutation(self.n_sentences)
             if len(order) < self.batch_size:  # tiny datasets: one batch, sentences repeated
                 order = np.resize(order, self.batch_size)
             self._epoch_cache = (epoch, order[: self.per_epoch * self.batch_size].reshape(self.per_epoch, self.batch_size))
@@ -327,8 +327,7 @@ def train_model(
         out.mkdir(parents=True, exist_ok=True)
         write_json(out / TRAIN_CONFIG_FILE, {"model": config.to_dict(), "train": train.to_dict(), "data": meta.__dict__})
 
-    lengths = np.array([len(s) for s in train_seqs])
-    batches = SentenceBatches(lengths, train.batch_size, train.seed)
+    batches = SentenceBatches(len(train_seqs), train.batch_size, train.seed)
     pad_id = tokenizer.pad_token_id
     bar = tqdm(total=train.steps, initial=start, disable=not progress, desc="train", dynamic_ncols=True)
     real_tokens, t0 = 0, time.perf_counter()

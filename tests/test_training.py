@@ -110,19 +110,19 @@ def skewed_lengths():
 
 
 def test_sentence_batches_are_deterministic_and_order_independent(skewed_lengths):
-    a = SentenceBatches(skewed_lengths, 8, seed=5)
-    b = SentenceBatches(skewed_lengths, 8, seed=5)
+    a = SentenceBatches(len(skewed_lengths), 8, seed=5)
+    b = SentenceBatches(len(skewed_lengths), 8, seed=5)
     steps = list(range(300))
     first = [a.batch(s).tolist() for s in steps]
     assert first == [b.batch(s).tolist() for s in reversed(steps)][::-1]  # a resumed run can start anywhere
-    c = SentenceBatches(skewed_lengths, 8, seed=6)
+    c = SentenceBatches(len(skewed_lengths), 8, seed=6)
     assert first != [c.batch(s).tolist() for s in steps]
     assert first[0] != c.batch(0).tolist()
 
 
 def test_each_epoch_uses_each_sentence_at_most_once(skewed_lengths):
     batch_size = 16
-    batches = SentenceBatches(skewed_lengths, batch_size, seed=0)
+    batches = SentenceBatches(len(skewed_lengths), batch_size, seed=0)
     per_epoch = len(skewed_lengths) // batch_size
     assert batches.per_epoch == per_epoch == 62
     epochs = []
@@ -140,14 +140,14 @@ def test_batch_composition_does_not_depend_on_length(skewed_lengths):
     """Each batch is a uniform sample: the spread of batch-mean lengths is that of random batches
     (bucketing by length, which biased the models, spreads them several times wider)."""
     batch_size = 16
-    batches = SentenceBatches(skewed_lengths, batch_size, seed=0)
+    batches = SentenceBatches(len(skewed_lengths), batch_size, seed=0)
     means = np.array([skewed_lengths[batches.batch(s)].mean() for s in range(batches.per_epoch * 5)])
     random_spread = skewed_lengths.std() / np.sqrt(batch_size)
     assert 0.7 * random_spread < means.std() < 1.3 * random_spread
 
 
 def test_dataset_smaller_than_a_batch_repeats_sentences():
-    batches = SentenceBatches(np.array([3, 5, 4]), batch_size=8, seed=0)
+    batches = SentenceBatches(3, batch_size=8, seed=0)
     batch = batches.batch(0)
     assert len(batch) == 8 and set(batch.tolist()) == {0, 1, 2}
     assert batches.per_epoch == 1
