@@ -219,6 +219,13 @@ def test_packing_without_the_masks_would_change_the_loss(expr_ds, expr_tokenizer
         assert abs(float(unmasked) - float(next_token_loss(model, packed))) > 0.05
 
 
+def test_packing_refuses_models_without_learned_positions(expr_tokenizer):
+    model = formal_sae.build_model(ModelConfig.from_preset("tiny"), expr_tokenizer)
+    model.cfg.positional_embedding_type = "rotary"  # positions would have to reach the attention itself
+    with pytest.raises(ModelError, match="learned positional embeddings, not 'rotary'"):
+        next_token_loss(model, pack_sequences([[20, 1, 21], [20, 21]], expr_tokenizer.pad_token_id))
+
+
 def test_accumulated_gradient_equals_the_per_sentence_gradient(expr_ds, expr_tokenizer):
     """Gradient accumulation over chunks of packed rows is the gradient of the mean loss over the batch."""
     seqs = sequences_of(expr_ds["train"])[:64]
@@ -280,7 +287,7 @@ def test_optimizer_decays_matrices_only_and_skips_frozen_biases(expr_tokenizer):
 
 
 def test_train_config_validation():
-    for field, value in [("steps", 0), ("batch_size", 0), ("eval_every", -1), ("validity_samples", 0)]:
+    for field, value in [("steps", 0), ("batch_size", 0), ("eval_every", -1), ("validity_samples", 0), ("micro_batch_tokens", 0)]:
         with pytest.raises(ModelError, match=f"{field} must be >= 1"):
             TrainConfig(**{field: value}).validate()
     with pytest.raises(ModelError, match="lr must be > 0"):
