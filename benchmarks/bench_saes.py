@@ -12,7 +12,9 @@ the same process on the same model:
 (b) ``sweep`` (evaluation off) against training the same cells one by one with
     ``train_sae`` and no shared cache (each recomputes its activations), on two sets of cells:
     the paper's TopK panel without normalisation (the costliest cells to train, so the least
-    to gain) and a stratified sample of the ``small``-scale paper grid (every variant).
+    to gain) and a stratified sample of the ``small``-scale paper grid (every variant). The
+    sweep runs twice: in this process, and with ``--workers`` worker processes (default: one
+    per core). CPU seconds include the workers'.
 (c) the time of the ``small``-scale paper grid for one grammar: extrapolated from a stratified
     sample of its cells (2 per sparsity kind and expansion factor, trained and evaluated as the
     sweep does), or measured with ``--full-grid``.
@@ -25,7 +27,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import random
+import resource
 import shutil
 import tempfile
 import time
@@ -51,15 +55,21 @@ def saelens_dataset(ds: datasets.DatasetDict, context_size: int) -> datasets.Dat
     return datasets.Dataset.from_dict({"tokens": rows})
 
 
+def cpu_seconds() -> float:
+    """CPU seconds of this process and of its finished child processes (sweep workers)."""
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return time.process_time() + children.ru_utime + children.ru_stime
+
+
 @contextlib.contextmanager
 def timer():
-    """Yields a list that holds ``[wall seconds, CPU seconds of this process]`` after the block."""
+    """Yields a list that holds ``[wall seconds, CPU seconds]`` after the block."""
     out: list[float] = []
-    w, c = time.perf_counter(), time.process_time()
+    w, c = time.perf_counter(), cpu_seconds()
     try:
         yield out
     finally:
-        out += [time.perf_counter() - w, time.process_time() - c]
+        out += [time.perf_counter() - w, cpu_seconds() - c]
 
 
 def best(runs: list[list[float]]) -> tuple[float, float]:
@@ -145,25 +155,28 @@ def stratified_sample(grid, per_stratum: int = 2) -> tuple[list, dict]:
     return [c for cells in strata.values() for c in rng.sample(cells, min(per_stratum, len(cells)))], strata
 
 
-def shared_vs_separate(model, ds, grid, workdir: Path, repeats: int) -> tuple[tuple[float, float], ...]:
+def shared_vs_separate(model, ds, grid, workdir: Path, repeats: int, workers: int) -> dict[str, tuple[float, float]]:
     """Best (wall, CPU) seconds of ``repeats`` alternating runs of ``sweep`` over ``grid`` (no
-    evaluation) and of the same cells trained one by one with ``train_sae`` (each computing its
-    own activations); and the seconds of one activation cache."""
-    shared_runs, separate_runs = [], []
+    evaluation), in this process and with ``workers`` worker processes, and of the same cells
+    trained one by one with ``train_sae`` (each computing its own activations); and the seconds
+    of one activation cache."""
+    runs: dict[str, list[list[float]]] = {"sweep": [], "workers": [], "separate": []}
     for r in range(repeats):
-        log(f"(b) {grid.name}, repeat {r + 1}/{repeats}: sweep over {len(grid)} cells (shared cache, no evaluation) ...")
-        with timer() as shared:
-            sweep(model, ds, grid, workdir / f"{grid.name}-sweep{r}", evaluate=False, progress=False, plots=False)
-        log(f"    {shared[0]:.1f} s ({shared[1]:.1f} s CPU); the same cells one by one, each caching its own activations ...")
-        with timer() as separate:
+        for kind, n in (("sweep", 1), ("workers", workers)):
+            log(f"(b) {grid.name}, repeat {r + 1}/{repeats}: sweep over {len(grid)} cells, {n} worker(s), no evaluation ...")
+            with timer() as t:
+                sweep(model, ds, grid, workdir / f"{grid.name}-{kind}{r}", evaluate=False, progress=False, plots=False, workers=n)
+            runs[kind].append(t)
+            log(f"    {t[0]:.1f} s ({t[1]:.1f} s CPU)")
+        log("    the same cells one by one, each caching its own activations ...")
+        with timer() as t:
             for cell in grid.cells:
                 train_sae(model, ds, cell.config, out_dir=workdir / f"{grid.name}-separate{r}" / cell.id)
-        log(f"    {separate[0]:.1f} s ({separate[1]:.1f} s CPU)")
-        shared_runs.append(shared)
-        separate_runs.append(separate)
+        runs["separate"].append(t)
+        log(f"    {t[0]:.1f} s ({t[1]:.1f} s CPU)")
     with timer() as cache:
         cache_activations(model, ds, DEFAULT_HOOK, max(c.config.training_tokens for c in grid.cells))
-    return best(shared_runs), best(separate_runs), (cache[0], cache[1])
+    return {**{kind: best(r) for kind, r in runs.items()}, "cache": (cache[0], cache[1])}
 
 
 def sharing(model, args, workdir: Path) -> list[str]:
@@ -184,12 +197,14 @@ def sharing(model, args, workdir: Path) -> list[str]:
     grid_sample = grid_from_dict({"name": "paper-small-sample", "cells": [c.to_dict() for c in sample]})
     most = max(c.config.training_tokens for c in panel.cells + grid_sample.cells)
     ds = fresh_dataset(model, int(most / 4.0) + 2000)  # fresh tokens for every run, as the paper's online data
+    w = args.workers
     lines = [
         f"### (b) Sweep sharing (evaluation off; d_in {d_in}; best of {args.repeats} alternating runs): `sweep` against the same "
-        "cells trained one by one with `train_sae`, each computing its own activations",
+        "cells trained one by one with `train_sae`, each computing its own activations on all torch threads",
         "",
-        "| cells | training per cell | separate: wall s (CPU s) | `sweep`: wall s (CPU s) | one activation cache: wall s | ratio (wall) | ratio (CPU) |",
-        "|---|---|---|---|---|---|---|",
+        f"| cells | training per cell | separate: wall s (CPU s) | one activation cache: wall s | `sweep`: wall s (CPU s) | ratio (wall) "
+        f"| `sweep(workers={w})`: wall s (CPU s) | ratio (wall) |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for grid, what in (
         (
@@ -201,11 +216,13 @@ def sharing(model, args, workdir: Path) -> list[str]:
             f"`paper-small` grid, 2 cells per sparsity kind x expansion factor: {len(grid_sample)} cells, every variant",
         ),
     ):
-        shared, separate, cache = shared_vs_separate(model, ds, grid, workdir, args.repeats)
+        t = shared_vs_separate(model, ds, grid, workdir, args.repeats, w)
         cfg = grid.cells[0].config
+        sep = t["separate"]
         lines.append(
-            f"| {what} | {cfg.training_tokens:,} tokens, batch {cfg.batch_size_tokens} | {separate[0]:.1f} ({separate[1]:.1f}) "
-            f"| {shared[0]:.1f} ({shared[1]:.1f}) | {cache[0]:.1f} | **{separate[0] / shared[0]:.2f}x** | **{separate[1] / shared[1]:.2f}x** |"
+            f"| {what} | {cfg.training_tokens:,} tokens, batch {cfg.batch_size_tokens} | {sep[0]:.1f} ({sep[1]:.1f}) | {t['cache'][0]:.1f} "
+            f"| {t['sweep'][0]:.1f} ({t['sweep'][1]:.1f}) | **{sep[0] / t['sweep'][0]:.2f}x** "
+            f"| {t['workers'][0]:.1f} ({t['workers'][1]:.1f}) | **{sep[0] / t['workers'][0]:.2f}x** |"
         )
     return [*lines, "", f"Target: sweep >= {TARGET_SHARING}x separate runs.", ""]
 
@@ -260,6 +277,7 @@ def main() -> None:
     p.add_argument("--grid-sentences", type=int, default=20_000, help="train sentences of the grid's dataset in (c)")
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: PyTorch's, one per core)")
+    p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="worker processes of the second sweep in (b)")
     p.add_argument("--quick", action="store_true", help="small budgets, to check the script runs")
     p.add_argument("--full-grid", action="store_true", help="(c): run the whole paper-small grid instead of a sample")
     p.add_argument("--parts", default="abc", help="which parts to run, e.g. 'ab'")

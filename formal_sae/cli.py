@@ -311,9 +311,10 @@ def _add_intervene(sub: argparse._SubParsersAction) -> None:
 def _sweep(args: argparse.Namespace) -> None:
     model = formal_sae.load_model(args.model, device=args.device)
     dataset = formal_sae.load_dataset_dir(args.data)
-    grid = formal_sae.saes.resolve_grid(args.grid, model=model, scale=args.scale)
+    scale = args.scale or ("small" if args.grid == "paper" else None)  # --scale is the paper grid's alone
+    grid = formal_sae.saes.resolve_grid(args.grid, model=model, scale=scale)
     evaluation = {"n_samples": args.n_samples, "repeats": args.repeats, "max_sentences": args.max_sentences}
-    rows = formal_sae.sweep(model, dataset, grid, args.out, evaluate_kwargs=evaluation)
+    rows = formal_sae.sweep(model, dataset, grid, args.out, evaluate_kwargs=evaluation, workers=args.workers)
     valid = [r["validity"] for r in rows if r.get("validity") is not None]
     print(f"wrote {args.out}: {len(rows)} SAEs of grid {grid.name!r}; validity {min(valid):.3f}-{max(valid):.3f}; see results.md")
 
@@ -324,10 +325,16 @@ def _add_sweep(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", required=True)
     p.add_argument("--data", required=True)
     p.add_argument("--out", required=True)
-    p.add_argument("--scale", choices=["small", "paper"], default="small", help="training budget of the paper grid")
+    p.add_argument("--scale", choices=["small", "paper"], default=None, help="training budget of the paper grid (default: small)")
     p.add_argument("--n-samples", type=int, default=64, help="validity samples per repeat, per cell")
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--max-sentences", type=int, default=500, help="test sentences for the metrics of each cell")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="cells at once, each in a process on one CPU core (CPU only; try the number of cores)",
+    )
     p.add_argument("--device", default="cpu")
     p.set_defaults(func=_sweep)
 

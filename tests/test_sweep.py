@@ -1,11 +1,15 @@
 """SAE sweeps: grids, the paper grid's size, shared activations, resume, outputs (tiny and fast)."""
 
 import json
+import os
 
 import pytest
+import torch
 from sae_lens import SAE
+from safetensors.torch import load_file
 
 import formal_sae
+from formal_sae.cli import main
 from formal_sae.errors import SAEError
 from formal_sae.saes import sweep as sweep_mod
 from formal_sae.saes import training as training_mod
@@ -178,4 +182,80 @@ def test_sweep_without_evaluation_and_bad_cells_fail_before_training(setup, tmp_
     assert not (tmp_path / "train-only" / "heatmaps").exists() or not list((tmp_path / "train-only" / "heatmaps").iterdir())
     with pytest.raises(SAEError, match=r"(?s)cannot be trained on this model.*k=128"):
         sweep(model, ds, {**TINY_GRID, "axes": {"k": [4, 128]}}, tmp_path / "bad", evaluate=False, progress=False)
+    assert not (tmp_path / "bad").exists()
+
+
+def _saved_state(cell_dir):
+    return load_file(cell_dir / "sae_weights.safetensors")
+
+
+def test_workers_train_the_same_saes_as_one_process_on_one_thread(setup, tmp_path, monkeypatch):
+    """Forked workers (one torch thread each) give bitwise the SAEs and metrics that one process on
+    one thread gives; the parent trains none of them."""
+    model, ds = setup
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        here = sweep(model, ds, TINY_GRID, tmp_path / "here", evaluate_kwargs=EVAL, progress=False, plots=False)
+    finally:
+        torch.set_num_threads(threads)
+    train = Counter(sweep_mod.train_sae)
+    monkeypatch.setattr(sweep_mod, "train_sae", train)
+    forked = sweep(model, ds, TINY_GRID, tmp_path / "forked", evaluate_kwargs=EVAL, progress=False, plots=False, workers=2)
+    assert train.calls == []  # every cell ran in a worker process
+    timings = ("train_seconds", "train_wall_seconds", "eval_seconds")
+    assert [{k: v for k, v in r.items() if k not in timings} for r in forked] == [
+        {k: v for k, v in r.items() if k not in timings} for r in here
+    ]
+    for row in here:
+        a, b = (_saved_state(tmp_path / run / "cells" / row["cell_id"]) for run in ("here", "forked"))
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_bad_worker_counts_are_refused_before_training(setup, tmp_path):
+    model, ds = setup
+    for workers in (0, -1, 1.5, True):
+        with pytest.raises(SAEError, match="workers must be an integer >= 1"):
+            sweep(model, ds, TINY_GRID, tmp_path / "bad", evaluate=False, progress=False, workers=workers)
+    gpu_grid = {**TINY_GRID, "base": {**TINY_GRID["base"], "device": "cuda"}}
+    with pytest.raises(SAEError, match="use workers=1 on a GPU"):
+        sweep(model, ds, gpu_grid, tmp_path / "bad", evaluate=False, progress=False, workers=2)
+    assert not (tmp_path / "bad").exists()
+
+
+def _exit_at_once(*args, **kwargs):
+    os._exit(3)
+
+
+def _fail_with_a_message(*args, **kwargs):
+    raise SAEError("boom in a worker")
+
+
+def test_a_failing_or_dying_worker_is_reported(setup, tmp_path, monkeypatch):
+    model, ds = setup
+    grid = {**TINY_GRID, "axes": {"k": [4, 8]}}
+    monkeypatch.setattr(sweep_mod, "_run_cell", _fail_with_a_message)  # forked workers inherit the patch
+    with pytest.raises(SAEError, match="boom in a worker"):
+        sweep(model, ds, grid, tmp_path / "fails", evaluate=False, progress=False, workers=2)
+    monkeypatch.setattr(sweep_mod, "_run_cell", _exit_at_once)
+    with pytest.raises(SAEError, match=r"a sweep worker process died.*run the sweep again to resume, with fewer workers"):
+        sweep(model, ds, grid, tmp_path / "dies", evaluate=False, progress=False, workers=2)
+
+
+def test_cli_sweep_with_workers_writes_every_cell_and_refuses_bad_workers(setup, tmp_path, capsys):
+    model, ds = setup
+    model_dir, data_dir, grid_file = tmp_path / "model", tmp_path / "data", tmp_path / "grid.json"
+    formal_sae.save_model(model, model_dir)
+    formal_sae.save_dataset(ds, data_dir)
+    grid_file.write_text(json.dumps(TINY_GRID))
+    common = ["sweep", "--grid", str(grid_file), "--model", str(model_dir), "--data", str(data_dir)]
+    evaluation = ["--n-samples", "4", "--repeats", "1", "--max-sentences", "16"]
+    assert main([*common, "--out", str(tmp_path / "out"), *evaluation, "--workers", "2"]) == 0
+    rows = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert [r["cell_id"] for r in rows] == [c.id for c in grid_from_dict(TINY_GRID).cells]
+    assert all(0 <= r["validity"] <= 1 for r in rows)
+    assert "wrote" in capsys.readouterr().out
+    assert main([*common, "--out", str(tmp_path / "bad"), *evaluation, "--workers", "0"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("formal-sae sweep: error: ") and "workers must be an integer >= 1" in err
     assert not (tmp_path / "bad").exists()
