@@ -181,6 +181,23 @@ def test_paper_topk_equals_topk_of_relu_with_its_gradient():
     assert ((grads[0][0] > 0).sum(-1) <= 5).all() and (grads[0][0][:8] == 0).all()
 
 
+@pytest.mark.parametrize("v", [v for v in VARIANTS if v["k"] is None], ids=variant_id)
+def test_paper_l1_loss_has_the_gradients_of_the_papers_l1_norm(v):
+    """The L1 term is the latents' plain sum (they are ReLU outputs); its gradients must be those
+    of the paper's ``torch.norm(latents, p=1)``, exactly."""
+    sae = random_paper_sae(v)
+    x = random_inputs(n=64)
+    with torch.no_grad():  # some latents positive, many exactly 0
+        sae.W_enc.mul_(0.1)
+    out = sae.training_forward_pass(step_input(x, sae.get_coefficients()))
+    assert 0 < (out.feature_acts > 0).float().mean() < 1
+    params = [p for p in sae.parameters() if p.requires_grad]
+    ours = torch.autograd.grad(out.loss, params, retain_graph=True)
+    papers = torch.autograd.grad(out.losses["mse_loss"] + ALPHA * torch.norm(out.feature_acts, p=1), params)
+    for a, b in zip(ours, papers, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("pre_bias", [False, True])
 def test_frozen_biases_stay_zero_through_saelens_training(model, ds, acts, pre_bias):
     for v in ({"k": 4, "normalize_decoder": True}, {"l1_coefficient": 1e-3, "normalize_input": True}):
