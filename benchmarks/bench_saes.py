@@ -55,6 +55,11 @@ def saelens_dataset(ds: datasets.DatasetDict, context_size: int) -> datasets.Dat
     return datasets.Dataset.from_dict({"tokens": rows})
 
 
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity where the OS has one)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def cpu_seconds() -> float:
     """CPU seconds of this process and of its finished child processes (sweep workers)."""
     children = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -277,7 +282,7 @@ def main() -> None:
     p.add_argument("--grid-sentences", type=int, default=20_000, help="train sentences of the grid's dataset in (c)")
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: PyTorch's, one per core)")
-    p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="worker processes of the second sweep in (b)")
+    p.add_argument("--workers", type=int, default=usable_cores(), help="worker processes of the second sweep in (b)")
     p.add_argument("--quick", action="store_true", help="small budgets, to check the script runs")
     p.add_argument("--full-grid", action="store_true", help="(c): run the whole paper-small grid instead of a sample")
     p.add_argument("--parts", default="abc", help="which parts to run, e.g. 'ab'")

@@ -185,6 +185,10 @@ def test_sweep_without_evaluation_and_bad_cells_fail_before_training(setup, tmp_
     assert not (tmp_path / "bad").exists()
 
 
+def without_timings(row: dict) -> dict:
+    return {k: v for k, v in row.items() if k not in ("train_seconds", "train_wall_seconds", "eval_seconds")}
+
+
 def _saved_state(cell_dir):
     return load_file(cell_dir / "sae_weights.safetensors")
 
@@ -203,13 +207,16 @@ def test_workers_train_the_same_saes_as_one_process_on_one_thread(setup, tmp_pat
     monkeypatch.setattr(sweep_mod, "train_sae", train)
     forked = sweep(model, ds, TINY_GRID, tmp_path / "forked", evaluate_kwargs=EVAL, progress=False, plots=False, workers=2)
     assert train.calls == []  # every cell ran in a worker process
-    timings = ("train_seconds", "train_wall_seconds", "eval_seconds")
-    assert [{k: v for k, v in r.items() if k not in timings} for r in forked] == [
-        {k: v for k, v in r.items() if k not in timings} for r in here
-    ]
+    assert [without_timings(r) for r in forked] == [without_timings(r) for r in here]
     for row in here:
         a, b = (_saved_state(tmp_path / run / "cells" / row["cell_id"]) for run in ("here", "forked"))
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    # resuming with a single cell left runs it in a worker too: still the same SAE
+    (tmp_path / "forked" / "cells" / here[2]["cell_id"] / "metrics.json").unlink()
+    again = sweep(model, ds, TINY_GRID, tmp_path / "forked", evaluate_kwargs=EVAL, progress=False, plots=False, workers=2)
+    assert train.calls == [] and [without_timings(r) for r in again] == [without_timings(r) for r in here]
+    a, b = (_saved_state(tmp_path / run / "cells" / here[2]["cell_id"]) for run in ("here", "forked"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_bad_worker_counts_are_refused_before_training(setup, tmp_path):
@@ -227,18 +234,21 @@ def _exit_at_once(*args, **kwargs):
     os._exit(3)
 
 
-def _fail_with_a_message(*args, **kwargs):
-    raise SAEError("boom in a worker")
+def _fail_with_where(*args, **kwargs):
+    raise SAEError(f"boom in process {os.getpid()} on {torch.get_num_threads()} thread(s)")
 
 
 def test_a_failing_or_dying_worker_is_reported(setup, tmp_path, monkeypatch):
     model, ds = setup
     grid = {**TINY_GRID, "axes": {"k": [4, 8]}}
-    monkeypatch.setattr(sweep_mod, "_run_cell", _fail_with_a_message)  # forked workers inherit the patch
-    with pytest.raises(SAEError, match="boom in a worker"):
+    monkeypatch.setattr(sweep_mod, "_run_cell", _fail_with_where)  # forked workers inherit the patch
+    with pytest.raises(SAEError, match=r"boom in process \d+ on 1 thread\(s\)") as failed:
         sweep(model, ds, grid, tmp_path / "fails", evaluate=False, progress=False, workers=2)
+    assert f"process {os.getpid()} " not in str(failed.value)  # raised in a worker, not here
     monkeypatch.setattr(sweep_mod, "_run_cell", _exit_at_once)
-    with pytest.raises(SAEError, match=r"a sweep worker process died.*run the sweep again to resume, with fewer workers"):
+    with pytest.raises(
+        SAEError, match=r"a sweep worker process died .* running cell .*run the sweep again to resume, with fewer workers"
+    ):
         sweep(model, ds, grid, tmp_path / "dies", evaluate=False, progress=False, workers=2)
 
 

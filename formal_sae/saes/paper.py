@@ -53,7 +53,7 @@ def _unit_tokens(x: torch.Tensor) -> torch.Tensor:
 def _pre_activations(sae_in: torch.Tensor, w_enc: torch.Tensor, b_enc: torch.Tensor) -> torch.Tensor:
     """``sae_in @ W_enc + b_enc`` as one fused ``addmm``: one ``[tokens, d_sae]`` tensor fewer to
     write and read back per step (these steps are bound by memory traffic on a CPU)."""
-    return torch.addmm(b_enc, sae_in.reshape(-1, sae_in.shape[-1]), w_enc).reshape(*sae_in.shape[:-1], -1)
+    return torch.addmm(b_enc, sae_in.reshape(-1, sae_in.shape[-1]), w_enc).reshape(*sae_in.shape[:-1], w_enc.shape[1])
 
 
 def _topk(hidden: torch.Tensor, k: int | None) -> torch.Tensor:
