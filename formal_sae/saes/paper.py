@@ -50,12 +50,6 @@ def _unit_tokens(x: torch.Tensor) -> torch.Tensor:
     return x / (x.norm(dim=-1, keepdim=True) + _EPS)
 
 
-def _pre_activations(sae_in: torch.Tensor, w_enc: torch.Tensor, b_enc: torch.Tensor) -> torch.Tensor:
-    """``sae_in @ W_enc + b_enc`` as one fused ``addmm``: one ``[tokens, d_sae]`` tensor fewer to
-    write and read back per step (these steps are bound by memory traffic on a CPU)."""
-    return torch.addmm(b_enc, sae_in.reshape(-1, sae_in.shape[-1]), w_enc).reshape(*sae_in.shape[:-1], w_enc.shape[1])
-
-
 def _topk(hidden: torch.Tensor, k: int | None) -> torch.Tensor:
     """``TopK(ReLU(hidden))``, computed as ``ReLU`` of the top k of ``hidden``: the same latents
     and gradients (a selected non-positive entry is zero either way), with the ReLU applied to k
@@ -107,7 +101,7 @@ class PaperSAE(SAE[PaperSAEConfig]):
             self.run_time_activation_norm_fn_in = self.run_time_activation_norm_fn_out = lambda x: x
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
-        hidden = self.hook_sae_acts_pre(_pre_activations(self.process_sae_in(x), self.W_enc, self.b_enc))
+        hidden = self.hook_sae_acts_pre(self.process_sae_in(x) @ self.W_enc + self.b_enc)
         return self.hook_sae_acts_post(_topk(hidden, self.cfg.k))
 
     def decode(self, feature_acts: torch.Tensor) -> torch.Tensor:
@@ -214,7 +208,7 @@ class PaperTrainingSAE(TrainingSAE[PaperTrainingSAEConfig]):
 
     def encode_with_hidden_pre(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         sae_in = self.process_sae_in(self.target(x))
-        hidden = self.hook_sae_acts_pre(_pre_activations(sae_in, self.W_enc, self.b_enc))
+        hidden = self.hook_sae_acts_pre(sae_in @ self.W_enc + self.b_enc)
         return self.hook_sae_acts_post(_topk(hidden, self.cfg.k)), hidden
 
     def decode(self, feature_acts: torch.Tensor) -> torch.Tensor:
