@@ -565,7 +565,7 @@ def sweep(
         workers: Cells trained and evaluated at once, each in a worker process forked from this
             one with one torch thread (they share the activation cache without copying it;
             CPU only). 1 (the default) runs the cells here, on all of torch's threads. Small
-            SAEs use one core better than several: on 2 cores ``workers=2`` measured 1.4x-1.5x
+            SAEs use one core better than several: on 2 cores ``workers=2`` measured 1.3x-1.5x
             faster than ``workers=1`` (see the benchmarks page). The results equal those of
             ``workers=1`` under ``torch.set_num_threads(1)`` bitwise; with more threads here
             they differ in the last bits (other thread counts sum in another order).
