@@ -37,7 +37,7 @@ import multiprocessing
 import os
 import re
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
@@ -615,8 +615,10 @@ def sweep(
 
 
 def _run_cell(
-    model, dataset, cell: SweepCell, acts: torch.Tensor, cell_dir: Path, evaluation: dict[str, Any] | None
+    model, dataset, acts: torch.Tensor, out: Path, evaluation: dict[str, Any] | None, cell: SweepCell
 ) -> dict[str, Any]:
+    """Train, save and (if ``evaluation``) evaluate one cell into ``out/cells/<id>``; its record."""
+    cell_dir = out / CELLS_DIR / cell.id
     t0 = time.perf_counter()
     sae = train_sae(model, dataset, cell.config, activations=acts, out_dir=cell_dir)
     train_wall = time.perf_counter() - t0
@@ -657,21 +659,21 @@ def _run_cells(
     model, dataset, cells: list[SweepCell], acts: torch.Tensor, out: Path, evaluation: dict[str, Any] | None, workers: int
 ) -> Iterator[dict[str, Any]]:
     """Each cell's record, as it finishes: here one after the other, or in ``workers`` processes."""
+    run = functools.partial(_run_cell, model, dataset, acts, out, evaluation)
     if workers == 1:
-        for cell in cells:
-            yield _run_cell(model, dataset, cell, acts, out / CELLS_DIR / cell.id, evaluation)
+        yield from map(run, cells)
         return
-    # Forked workers inherit the model, the data and the cache (no pickling, no copy). They run on
-    # one torch thread: OpenMP, once used here, hangs a forked child that starts more threads.
-    job = (model, dataset, cells, acts, out, evaluation)
+    # Forked workers inherit ``run`` with the model, the data and the cache (no pickling, no copy).
+    # They run on one torch thread: OpenMP, once used here, hangs a forked child that starts more
+    # threads.
     pool = ProcessPoolExecutor(
-        min(workers, len(cells)), mp_context=multiprocessing.get_context("fork"), initializer=_start_worker, initargs=(job,)
+        min(workers, len(cells)), mp_context=multiprocessing.get_context("fork"), initializer=_start_worker, initargs=(run,)
     )
     try:
         # Costliest first (longest-processing-time order), so that no worker is left alone with a
         # big cell at the end; the order changes no result.
-        by_cost = sorted(range(len(cells)), key=lambda i: -_training_cost(cells[i].config))
-        pending = {pool.submit(_run_worker_cell, i): cells[i].id for i in by_cost}
+        by_cost = sorted(cells, key=lambda cell: -_training_cost(cell.config))
+        pending = {pool.submit(_run_worker_cell, cell): cell.id for cell in by_cost}
         for future in as_completed(pending):
             try:
                 yield future.result()
@@ -689,18 +691,17 @@ def _training_cost(config: SAETrainConfig) -> int:
     return config.training_tokens * config.expansion_factor
 
 
-_worker_job: tuple | None = None
+_worker_run: Callable[[SweepCell], dict[str, Any]] | None = None
 
 
-def _start_worker(job: tuple) -> None:
-    global _worker_job
+def _start_worker(run: Callable[[SweepCell], dict[str, Any]]) -> None:
+    global _worker_run
     torch.set_num_threads(1)
-    _worker_job = job
+    _worker_run = run
 
 
-def _run_worker_cell(index: int) -> dict[str, Any]:
-    model, dataset, cells, acts, out, evaluation = _worker_job
-    return _run_cell(model, dataset, cells[index], acts, out / CELLS_DIR / cells[index].id, evaluation)
+def _run_worker_cell(cell: SweepCell) -> dict[str, Any]:
+    return _worker_run(cell)
 
 
 # ------------------------------------------------------------------------------ results
