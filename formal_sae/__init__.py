@@ -20,7 +20,7 @@ from formal_sae.data import (
     push_dataset_to_hub,
     save_dataset,
 )
-from formal_sae.errors import DatasetError, FormalSAEError, GrammarError, ModelError, SAEError
+from formal_sae.errors import DatasetError, FormalSAEError, GrammarError, ModelError, OutputError, SAEError
 from formal_sae.generation import ValidityResult, evaluate_validity, sample_sequences
 from formal_sae.grammars import (
     IGNORE_VALUE,
@@ -41,7 +41,8 @@ from formal_sae.interventions import (
     next_token_effects,
     single_latent_effects,
 )
-from formal_sae.models import PRESETS, ModelConfig, build_model, load_model, model_grammar, save_model
+from formal_sae.models import PRESETS, ModelConfig, build_model, load_model, model_fingerprint, model_grammar, save_model
+from formal_sae.outputs import MARKER_FILE, check_output, in_progress_path, output_dir
 from formal_sae.saes import SAETrainConfig, SweepGrid, evaluate_sae, grid_from_dict, load_sae, paper_grid, train_sae
 from formal_sae.saes import architectures as sae_architectures
 from formal_sae.saes.causal import CausalConfig, held_out_causal_loss, train_causal_sae
@@ -52,6 +53,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "IGNORE_VALUE",
+    "MARKER_FILE",
     "PAPER_MAX_LENGTH",
     "PAPER_PROMPT",
     "PRESETS",
@@ -67,6 +69,7 @@ __all__ = [
     "Intervention",
     "ModelConfig",
     "ModelError",
+    "OutputError",
     "SAEComparison",
     "SAEError",
     "SAETrainConfig",
@@ -79,6 +82,7 @@ __all__ = [
     "build_model",
     "build_tokenizer",
     "causal_report",
+    "check_output",
     "compare_generations",
     "compare_saes",
     "dataset_metadata",
@@ -91,14 +95,17 @@ __all__ = [
     "grammar_of",
     "grid_from_dict",
     "held_out_causal_loss",
+    "in_progress_path",
     "list_grammars",
     "load_dataset_dir",
     "load_grammar",
     "load_model",
     "load_sae",
     "load_tokenizer",
+    "model_fingerprint",
     "model_grammar",
     "next_token_effects",
+    "output_dir",
     "paper_grid",
     "prompt_ids",
     "push_dataset_to_hub",

@@ -10,6 +10,8 @@ import formal_sae
 from formal_sae.errors import FormalSAEError
 
 Command = Callable[[argparse.Namespace], None]
+ALLOW_OTHER_MODEL_HELP = "apply the SAE even though its metadata names another model than --model (a deliberate transfer)"
+OVERWRITE_HELP = "replace an existing output directory (only one formal-sae wrote: see 'Where your files go' in the docs)"
 
 
 def _grammars(args: argparse.Namespace) -> None:
@@ -54,7 +56,7 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--prompt-format", choices=["bos", "paper"], default="bos")
     p.add_argument("--max-length", type=int, default=formal_sae.PAPER_MAX_LENGTH, help="reject longer sentences")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
+    p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     p.set_defaults(func=_generate)
 
 
@@ -70,7 +72,7 @@ def _train_model(args: argparse.Namespace) -> None:
         eval_every=args.eval_every,
         checkpoint_every=args.checkpoint_every,
     )
-    model = formal_sae.train_model(dataset, config, train, out_dir=args.out, resume=args.resume)
+    model = formal_sae.train_model(dataset, config, train, out_dir=args.out, resume=args.resume, overwrite=args.overwrite)
     m = model.formal_sae_metrics
     print(
         f"wrote {args.out}: {m['grammar']} / {m['preset']}, {m['steps']} steps, val loss {m['val_loss']:.4f}, "
@@ -91,7 +93,12 @@ def _add_train_model(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default=defaults.device, help="cpu, cuda, cuda:N or mps")
     p.add_argument("--eval-every", type=int, default=defaults.eval_every)
     p.add_argument("--checkpoint-every", type=int, default=defaults.checkpoint_every)
-    p.add_argument("--resume", action="store_true", help="continue the interrupted run in --out")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="require an interrupted run to continue (a rerun with the same settings resumes anyway)",
+    )
+    p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     p.set_defaults(func=_train_model)
 
 
@@ -105,6 +112,7 @@ def _float_arg(value: str, flag: str) -> float:
 def _train_sae(args: argparse.Namespace) -> None:
     from formal_sae.io import write_json
 
+    formal_sae.check_output(args.out, "sae", args.overwrite)  # before loading anything
     model = formal_sae.load_model(args.model, device=args.device)
     dataset = formal_sae.load_dataset_dir(args.data)
     config = formal_sae.SAETrainConfig(
@@ -125,6 +133,7 @@ def _train_sae(args: argparse.Namespace) -> None:
         seed=args.seed,
         device=args.device,
     )
+    causal = None
     if args.causal_coefficient is not None:
         causal = formal_sae.CausalConfig(
             coefficient=args.causal_coefficient,
@@ -135,15 +144,32 @@ def _train_sae(args: argparse.Namespace) -> None:
             steps=args.causal_steps,
             finetune_lr=args.finetune_lr,
         )
-        sae = formal_sae.train_causal_sae(model, dataset, config, causal, out_dir=args.out)
-    else:
-        sae = formal_sae.train_sae(model, dataset, config, out_dir=args.out)
-    metrics = formal_sae.evaluate_sae(
-        model, sae, dataset, split="test", splice=args.splice, n_samples=args.n_samples, repeats=args.repeats
-    )
-    metrics["causal_loss"] = formal_sae.held_out_causal_loss(model, sae, dataset, split="test", distance=args.causal_distance)
-    metrics["train_seconds"] = sae.formal_sae_train_seconds
-    write_json(f"{args.out}/metrics.json", metrics)
+        causal.validate()
+    config.validate()
+    evaluation = {"n_samples": args.n_samples, "repeats": args.repeats, "splice": args.splice, "distance": args.causal_distance}
+    run = {"sae": config.to_dict() | {"device": None}, "causal": causal and causal.to_dict(), "evaluation": evaluation}
+    # The SAE and its metrics.json form one artifact: an interrupted run resumes from its last
+    # training checkpoint, and nothing appears at --out before the metrics are written.
+    with formal_sae.output_dir(args.out, "sae", run, overwrite=args.overwrite, resumable=True) as work:
+        if causal is not None:
+            sae = formal_sae.train_causal_sae(model, dataset, config, causal, out_dir=work)
+        else:
+            sae = formal_sae.train_sae(model, dataset, config, out_dir=work)
+        metrics = formal_sae.evaluate_sae(
+            model,
+            sae,
+            dataset,
+            split="test",
+            splice=args.splice,
+            n_samples=args.n_samples,
+            repeats=args.repeats,
+            allow_other_model=args.allow_other_model,
+        )
+        metrics["causal_loss"] = formal_sae.held_out_causal_loss(
+            model, sae, dataset, split="test", distance=args.causal_distance, allow_other_model=args.allow_other_model
+        )
+        metrics["train_seconds"] = sae.formal_sae_train_seconds
+        write_json(work / "metrics.json", metrics)
     print(
         f"wrote {args.out}: {metrics['architecture']} d_sae {metrics['d_sae']} at {metrics['hook_name']}: "
         f"explained variance {metrics['explained_variance']:.3f}, L0 {metrics['l0']:.1f}, "
@@ -175,6 +201,8 @@ def _add_train_sae(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default=d.device)
     p.add_argument("--n-samples", type=int, default=128, help="validity: samples per repeat")
     p.add_argument("--repeats", type=int, default=5, help="validity: repeats")
+    p.add_argument("--allow-other-model", action="store_true", help=ALLOW_OTHER_MODEL_HELP)
+    p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     c = formal_sae.CausalConfig()
     g = p.add_argument_group("causal regularisation (PAPER.md §8; enabled by --causal-coefficient)")
     g.add_argument("--causal-coefficient", type=float, help="beta: weight of the interpolation loss")
@@ -188,10 +216,13 @@ def _add_train_sae(sub: argparse._SubParsersAction) -> None:
 
 
 def _compare_saes(args: argparse.Namespace) -> None:
+    formal_sae.check_output(args.out, "comparison", args.overwrite)  # before minutes of work
     model = formal_sae.load_model(args.model, device=args.device)
     dataset = formal_sae.load_dataset_dir(args.data)
-    comparison = formal_sae.compare_saes(model, dataset, args.saes, n_samples=args.n_samples, repeats=args.repeats)
-    comparison.save(args.out)
+    comparison = formal_sae.compare_saes(
+        model, dataset, args.saes, n_samples=args.n_samples, repeats=args.repeats, allow_other_model=args.allow_other_model
+    )
+    comparison.save(args.out, overwrite=args.overwrite)
     print(comparison.to_markdown())
 
 
@@ -203,11 +234,14 @@ def _add_compare_saes(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="comparison directory (comparison.md, comparison.json, comparison.png)")
     p.add_argument("--n-samples", type=int, default=128)
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--allow-other-model", action="store_true", help=ALLOW_OTHER_MODEL_HELP)
     p.add_argument("--device", default="cpu")
+    p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     p.set_defaults(func=_compare_saes)
 
 
 def _analyze(args: argparse.Namespace) -> None:
+    formal_sae.check_output(args.out, "analysis", args.overwrite)  # before minutes of work
     model = formal_sae.load_model(args.model, device=args.device)
     sae = formal_sae.load_sae(args.sae, device=args.device)
     dataset = formal_sae.load_dataset_dir(args.data)
@@ -219,8 +253,9 @@ def _analyze(args: argparse.Namespace) -> None:
         selection_split=args.selection_split,
         features=args.features,
         max_sentences=args.max_sentences,
+        allow_other_model=args.allow_other_model,
     )
-    report.save(args.out)
+    report.save(args.out, overwrite=args.overwrite)
     s = report.summary
     print(
         f"wrote {args.out}: {len(report.targets)} targets over {s['n_tokens']} tokens; "
@@ -242,20 +277,25 @@ def _add_analyze(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--split", default="test")
     p.add_argument("--selection-split", default="validation", help="split used to choose best latents and thresholds")
     p.add_argument("--features", nargs="*", help="feature names to analyse (default: all)")
+    p.add_argument("--allow-other-model", action="store_true", help=ALLOW_OTHER_MODEL_HELP)
     p.add_argument("--max-sentences", type=int, default=2000)
     p.add_argument("--device", default="cpu")
+    p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     p.set_defaults(func=_analyze)
 
 
 def _intervene(args: argparse.Namespace) -> None:
     from formal_sae.io import write_json
 
+    formal_sae.check_output(args.out, "interventions", args.overwrite)  # before minutes of work
     model = formal_sae.load_model(args.model, device=args.device)
     sae = formal_sae.load_sae(args.sae, device=args.device)
     dataset = formal_sae.load_dataset_dir(args.data)
     if args.report:
-        report = formal_sae.causal_report(model, sae, dataset, top_k=args.top_k, max_sentences=args.max_sentences)
-        report.save(args.out)
+        report = formal_sae.causal_report(
+            model, sae, dataset, top_k=args.top_k, max_sentences=args.max_sentences, allow_other_model=args.allow_other_model
+        )
+        report.save(args.out, overwrite=args.overwrite)
         s = report.summary
         print(
             f"wrote {args.out}: {s['n_live']} live latents; {s['n_correlated_not_causal']} correlated but not causal, "
@@ -266,8 +306,12 @@ def _intervene(args: argparse.Namespace) -> None:
         raise formal_sae.FormalSAEError("give --latent J (with --mode) for one intervention, or --report for every latent")
     intervention = formal_sae.Intervention(args.mode.replace("-", "_"), [args.latent], args.value, relative=args.relative)
     intervention.validate(sae)
-    effects = formal_sae.next_token_effects(model, sae, dataset, intervention, max_sentences=args.max_sentences)
-    gens = formal_sae.compare_generations(model, sae, intervention, dataset, n_samples=args.n_samples, seed=args.seed)
+    effects = formal_sae.next_token_effects(
+        model, sae, dataset, intervention, max_sentences=args.max_sentences, allow_other_model=args.allow_other_model
+    )
+    gens = formal_sae.compare_generations(
+        model, sae, intervention, dataset, n_samples=args.n_samples, seed=args.seed, allow_other_model=args.allow_other_model
+    )
     out = {
         "latent": args.latent,
         "mode": intervention.mode,
@@ -281,7 +325,8 @@ def _intervene(args: argparse.Namespace) -> None:
         "next_token": effects,
         "generations": gens,
     }
-    write_json(f"{args.out}/report.json", out)
+    with formal_sae.output_dir(args.out, "interventions", overwrite=args.overwrite) as work:
+        write_json(work / "report.json", out)
     print(
         f"wrote {args.out}: {intervention.mode} latent {args.latent}: mean KL {out['mean_kl']:.4g}, validity "
         f"{out['validity_clean']:.3f} -> {out['validity_intervened']:.3f} (p = {gens['validity']['p_value']:.3g})"
@@ -302,9 +347,11 @@ def _add_intervene(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--relative", action="store_true", help="clamp: --value is a fraction of the latent's observed range")
     p.add_argument("--n-samples", type=int, default=100, help="generations per condition")
     p.add_argument("--top-k", type=int, default=3, help="--report: latents per feature")
+    p.add_argument("--allow-other-model", action="store_true", help=ALLOW_OTHER_MODEL_HELP)
     p.add_argument("--max-sentences", type=int, default=200)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
+    p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     p.set_defaults(func=_intervene)
 
 
@@ -314,7 +361,9 @@ def _sweep(args: argparse.Namespace) -> None:
     scale = args.scale or ("small" if args.grid == "paper" else None)  # --scale is the paper grid's alone
     grid = formal_sae.saes.resolve_grid(args.grid, model=model, scale=scale)
     evaluation = {"n_samples": args.n_samples, "repeats": args.repeats, "max_sentences": args.max_sentences}
-    rows = formal_sae.sweep(model, dataset, grid, args.out, evaluate_kwargs=evaluation, workers=args.workers)
+    rows = formal_sae.sweep(
+        model, dataset, grid, args.out, evaluate_kwargs=evaluation, workers=args.workers, overwrite=args.overwrite
+    )
     valid = [r["validity"] for r in rows if r.get("validity") is not None]
     print(f"wrote {args.out}: {len(rows)} SAEs of grid {grid.name!r}; validity {min(valid):.3f}-{max(valid):.3f}; see results.md")
 
@@ -336,13 +385,14 @@ def _add_sweep(sub: argparse._SubParsersAction) -> None:
         help="cells at once, each in a process on one CPU core (CPU only; try the number of cores)",
     )
     p.add_argument("--device", default="cpu")
+    p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     p.set_defaults(func=_sweep)
 
 
 def _reproduce(args: argparse.Namespace) -> None:
     from formal_sae.reproduce import reproduce  # the pipeline module, on top of the public API
 
-    claims = reproduce(args.out, args.grammar, args.scale, seed=args.seed, device=args.device)
+    claims = reproduce(args.out, args.grammar, args.scale, seed=args.seed, device=args.device, overwrite=args.overwrite)
     print(f"wrote {args.out}/report.md and {args.out}/claims.json")
     for name, claim in claims.items():
         print(f"  {name}: {'supported' if claim['supported'] else 'not supported'} - {claim['evidence']}")
@@ -355,6 +405,7 @@ def _add_reproduce(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
+    p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     p.set_defaults(func=_reproduce)
 
 
@@ -379,7 +430,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         args.func(args)
     except FormalSAEError as e:
-        print(f"formal-sae {args.command}: error: {e}", file=sys.stderr)
+        # One line, whatever the message holds (a list of problems, a quoted line of a damaged file):
+        # str.splitlines also breaks at \v, \f, \x1c-\x1e, \x85, \u2028 and \u2029, which a terminal may show as breaks.
+        parts = [part.strip() for part in str(e).splitlines() if part.strip()]
+        message = "".join(p if i == 0 else (" " if parts[i - 1].endswith(":") else "; ") + p for i, p in enumerate(parts))
+        print(f"formal-sae {args.command}: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"formal-sae {args.command}: interrupted", file=sys.stderr)

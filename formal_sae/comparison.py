@@ -19,9 +19,11 @@ from typing import Any
 import numpy as np
 
 from formal_sae.analysis import analyze
+from formal_sae.errors import SAEError
 from formal_sae.interventions import Intervention, next_token_effects
 from formal_sae.io import atomic_write_text, read_json, write_json
-from formal_sae.saes import evaluate_sae, load_sae
+from formal_sae.outputs import output_dir
+from formal_sae.saes import check_sae_fits, check_sae_model, evaluate_sae, load_sae
 from formal_sae.saes.causal import held_out_causal_loss
 from formal_sae.saes.training import TRAIN_CONFIG_FILE
 
@@ -40,14 +42,22 @@ COLUMNS = (
 )
 
 
-def predictability_error(model, sae, dataset, latents: list[int], max_sentences: int = 100) -> float:
+def predictability_error(
+    model, sae, dataset, latents: list[int], max_sentences: int = 100, *, allow_other_model: bool = False
+) -> float:
     """Mean deviation from linearity of the class distribution when clamping each latent across its range."""
+    check_sae_model(model, sae, allow_other_model)  # once: the clamps below run with allow_other_model=True
     errors = []
     for j in latents:
         curve = np.array(
             [
                 next_token_effects(
-                    model, sae, dataset, Intervention("clamp", [j], f, relative=True), max_sentences=max_sentences
+                    model,
+                    sae,
+                    dataset,
+                    Intervention("clamp", [j], f, relative=True),
+                    max_sentences=max_sentences,
+                    allow_other_model=True,
                 )["class_prob_intervened"]
                 for f in CLAMP_FRACTIONS
             ]
@@ -74,13 +84,14 @@ class SAEComparison:
             lines.append(f"| {r['name']} | {beta} | " + " | ".join(_fmt(r.get(c)) for c in COLUMNS) + " |")
         return "\n".join(lines) + "\n"
 
-    def save(self, out_dir: str | os.PathLike) -> Path:
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        write_json(out / "comparison.json", self.to_dict())
-        atomic_write_text(out / "comparison.md", self.to_markdown())
-        self.plot(out / "comparison.png")
-        return out
+    def save(self, out_dir: str | os.PathLike, overwrite: bool = False) -> Path:
+        """Write ``comparison.json``, ``comparison.md`` and ``comparison.png`` as one artifact (an
+        existing ``out_dir`` is refused unless ``overwrite``; see :mod:`formal_sae.outputs`)."""
+        with output_dir(out_dir, "comparison", overwrite=overwrite) as out:
+            write_json(out / "comparison.json", self.to_dict())
+            atomic_write_text(out / "comparison.md", self.to_markdown())
+            self.plot(out / "comparison.png")
+        return Path(out_dir)
 
     def plot(self, path) -> None:
         import matplotlib
@@ -113,22 +124,44 @@ def compare_saes(
     repeats: int = 3,
     n_latents: int = 3,
     max_sentences: int = 200,
+    *,
+    allow_other_model: bool = False,
 ) -> SAEComparison:
-    """Compare SAEs (objects or SAE directories) on the same model and dataset; see the module docstring."""
+    """Compare SAEs (objects or SAE directories) on the same model and dataset; see the module docstring.
+
+    Every SAE is checked first, before any work: one trained on another model is refused unless
+    ``allow_other_model`` (:func:`~formal_sae.saes.check_sae_model`).
+    """
+    loaded = [load_sae(item) if isinstance(item, (str, os.PathLike)) else item for item in saes]
+    labels = [
+        names[k] if names else (Path(item).name if isinstance(item, (str, os.PathLike)) else f"sae{k}")
+        for k, item in enumerate(saes)
+    ]
+    for name, sae in zip(labels, loaded, strict=True):  # all before any work: a refusal should not come an hour in
+        try:
+            check_sae_fits(model, sae)
+            check_sae_model(model, sae, allow_other_model)
+        except SAEError as e:
+            raise SAEError(f"{name}: {e}") from None
     rows = []
-    for k, item in enumerate(saes):
-        sae = load_sae(item) if isinstance(item, (str, os.PathLike)) else item
-        name = names[k] if names else (Path(item).name if isinstance(item, (str, os.PathLike)) else f"sae{k}")
+    for item, sae, name in zip(saes, loaded, labels, strict=True):
         row: dict[str, Any] = {"name": name, "architecture": sae.cfg.architecture(), "d_sae": sae.cfg.d_sae}
         if isinstance(item, (str, os.PathLike)) and (Path(item) / TRAIN_CONFIG_FILE).is_file():
             row["causal"] = read_json(Path(item) / TRAIN_CONFIG_FILE).get("causal")
-        row.update(evaluate_sae(model, sae, dataset, n_samples=n_samples, repeats=repeats, max_sentences=max_sentences))
-        row["causal_loss"] = held_out_causal_loss(model, sae, dataset, max_sentences=max_sentences)
-        report = analyze(model, sae, dataset, max_sentences=max_sentences)
+        # checked above: the calls below need not hash the weights again
+        row.update(
+            evaluate_sae(
+                model, sae, dataset, n_samples=n_samples, repeats=repeats, max_sentences=max_sentences, allow_other_model=True
+            )
+        )
+        row["causal_loss"] = held_out_causal_loss(model, sae, dataset, max_sentences=max_sentences, allow_other_model=True)
+        report = analyze(model, sae, dataset, max_sentences=max_sentences, allow_other_model=True)
         row.update(coverage=report.summary["coverage"], mcc=report.summary["mcc"])
         ranked = sorted(report.targets.values(), key=lambda t: -abs(t["pearson"] or 0))
         latents = list(dict.fromkeys(t["best_latent"] for t in ranked))[:n_latents]
         row["predictability_latents"] = latents
-        row["predictability_error"] = predictability_error(model, sae, dataset, latents, max_sentences=min(max_sentences, 100))
+        row["predictability_error"] = predictability_error(
+            model, sae, dataset, latents, max_sentences=min(max_sentences, 100), allow_other_model=True
+        )
         rows.append(row)
     return SAEComparison(rows)

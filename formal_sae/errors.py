@@ -25,3 +25,7 @@ class ModelError(FormalSAEError):
 
 class SAEError(FormalSAEError):
     """An SAE, hook point or SAE configuration is invalid or does not fit the model."""
+
+
+class OutputError(FormalSAEError):
+    """An output directory cannot be written: it exists, is not formal-sae's, or is unsafe to replace."""

@@ -35,7 +35,7 @@ from formal_sae.data import column, dataset_metadata, grammar_of
 from formal_sae.errors import FormalSAEError
 from formal_sae.generation import PAPER_MAX_NEW_TOKENS, classify_sample, sample_sequences, spliced
 from formal_sae.grammars import Grammar
-from formal_sae.saes.evaluation import check_sae_fits
+from formal_sae.saes.evaluation import check_sae_fits, check_sae_model
 
 MODES = ("ablate", "clamp", "scale", "keep_only", "steer", "patch")
 
@@ -195,14 +195,18 @@ def next_token_effects(
     max_sentences: int | None = 500,
     group_by: str | None = None,
     use_error_term: bool = True,
+    *,
+    allow_other_model: bool = False,
 ) -> dict[str, Any]:
     """Effect of an intervention on next-token predictions at sentence tokens (teacher forcing).
 
     Returns mean KL / total variation, the mean probability of every grammar class clean vs
     intervened, and the same per value of the feature ``group_by`` (default: ``depth`` or
-    ``pending`` if the grammar has it), e.g. P(<eos>) by pending-operand count for Expr.
+    ``pending`` if the grammar has it), e.g. P(<eos>) by pending-operand count for Expr. An SAE
+    trained on another model is refused unless ``allow_other_model`` (:func:`~formal_sae.saes.check_sae_model`).
     """
     check_sae_fits(model, sae)
+    check_sae_model(model, sae, allow_other_model)
     meta = dataset_metadata(dataset)
     grammar = grammar_of(meta)
     names, classes = token_classes(grammar, model.tokenizer)
@@ -298,14 +302,18 @@ def compare_generations(
     seed: int = 0,
     max_new_tokens: int = PAPER_MAX_NEW_TOKENS,
     use_error_term: bool = True,
+    *,
+    allow_other_model: bool = False,
 ) -> dict[str, Any]:
     """The paper's comparison: ``n_samples`` clean vs intervened generations from the prompt.
 
     Clean generations run with the SAE spliced in with its error term and no edit, which is exactly
     the model. Compares validity, length, parse depth and counts of each grammar class, with
-    Cohen's d and Mann-Whitney p-values (Fisher's exact test for validity).
+    Cohen's d and Mann-Whitney p-values (Fisher's exact test for validity). An SAE trained on
+    another model is refused unless ``allow_other_model``.
     """
     check_sae_fits(model, sae)
+    check_sae_model(model, sae, allow_other_model)
     if intervention.mode == "patch":  # with the KV cache each new token is position 0 of its forward pass
         raise FormalSAEError(
             "mode 'patch' copies latents position by position from a fixed input: use it with teacher forcing, not generation"
@@ -354,6 +362,8 @@ def single_latent_effects(
     split: str = "test",
     max_sentences: int | None = 200,
     max_batch: int = 512,
+    *,
+    allow_other_model: bool = False,
 ) -> dict[str, np.ndarray]:
     """Effect of zero-ablating each latent alone (with the error term), for every latent.
 
@@ -364,9 +374,11 @@ def single_latent_effects(
     ``n_active[j]`` counts the sentence positions where ``j`` fires. Batched: the model runs once
     per batch of sentences; then only the sequences in which a latent fires (in the prompt or the
     sentence) are rerun from the hook onwards, many (latent, sequence) pairs per forward pass. An
-    ablated latent that never fires changes nothing and costs nothing.
+    ablated latent that never fires changes nothing and costs nothing. An SAE trained on another
+    model is refused unless ``allow_other_model``.
     """
     hook = check_sae_fits(model, sae)
+    check_sae_model(model, sae, allow_other_model)
     grammar = grammar_of(dataset_metadata(dataset))
     _, classes = token_classes(grammar, model.tokenizer)
     d = sae.cfg.d_sae
@@ -476,16 +488,16 @@ class CausalReport:
                 )
         return "\n".join(lines) + "\n"
 
-    def save(self, out_dir) -> None:
-        from pathlib import Path
-
+    def save(self, out_dir, overwrite: bool = False) -> None:
+        """Write ``report.json``, ``report.md`` and ``correlation_vs_effect.png`` as one artifact
+        (an existing ``out_dir`` is refused unless ``overwrite``; see :mod:`formal_sae.outputs`)."""
         from formal_sae.io import atomic_write_text, write_json
+        from formal_sae.outputs import output_dir
 
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        write_json(out / "report.json", self.to_dict())
-        atomic_write_text(out / "report.md", self.to_markdown())
-        _scatter(self, out / "correlation_vs_effect.png")
+        with output_dir(out_dir, "interventions", overwrite=overwrite) as out:
+            write_json(out / "report.json", self.to_dict())
+            atomic_write_text(out / "report.md", self.to_markdown())
+            _scatter(self, out / "correlation_vs_effect.png")
 
 
 def _scatter(report: CausalReport, path) -> None:
@@ -514,15 +526,28 @@ def _scatter(report: CausalReport, path) -> None:
 
 
 def causal_report(
-    model, sae: SAE, dataset, analysis=None, top_k: int = 3, split: str = "test", max_sentences: int | None = 200
+    model,
+    sae: SAE,
+    dataset,
+    analysis=None,
+    top_k: int = 3,
+    split: str = "test",
+    max_sentences: int | None = 200,
+    *,
+    allow_other_model: bool = False,
 ) -> CausalReport:
     """For each feature, take its ``top_k`` best-correlated latents (from ``analysis``, computed if
     None) and measure their single-latent ablation effects; rank latents both ways and flag high
-    correlation with little effect (the paper's central claim) and effect without correlation."""
+    correlation with little effect (the paper's central claim) and effect without correlation.
+    An SAE trained on another model is refused unless ``allow_other_model``."""
     from formal_sae.analysis import analyze
 
-    analysis = analysis if analysis is not None else analyze(model, sae, dataset, split=split, max_sentences=max_sentences)
-    eff = single_latent_effects(model, sae, dataset, split, max_sentences)
+    check_sae_fits(model, sae)
+    check_sae_model(model, sae, allow_other_model)
+    # checked once above: the calls below need not hash the weights again
+    if analysis is None:
+        analysis = analyze(model, sae, dataset, split=split, max_sentences=max_sentences, allow_other_model=True)
+    eff = single_latent_effects(model, sae, dataset, split, max_sentences, allow_other_model=True)
     effect = eff["class_tv_active"]
     live = eff["n_active"] > 0
     corr = np.nan_to_num(np.abs(analysis.correlations))  # [d_sae, n_targets]

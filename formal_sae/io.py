@@ -1,8 +1,8 @@
-"""Atomic, safe file I/O shared by every artifact formal-sae writes.
+"""Atomic, safe file I/O shared by every file formal-sae writes.
 
-A directory artifact (dataset, model, SAE, report) is built in a hidden sibling directory and
-renamed into place only when complete, so an interrupted run never leaves half an artifact under
-the requested name. Configs are JSON; weights are safetensors (written by the callers).
+A file is written beside its target and renamed into place, with the modes the umask gives; whole
+artifact directories follow :mod:`formal_sae.outputs`. Configs are JSON; weights are safetensors
+(written by the callers).
 """
 
 from __future__ import annotations
@@ -11,44 +11,11 @@ import contextlib
 import dataclasses
 import json
 import os
-import shutil
-import tempfile
-from collections.abc import Iterator
+import secrets
 from pathlib import Path
 from typing import Any
 
 from formal_sae.errors import FormalSAEError
-
-
-def check_writable(out: str | os.PathLike, overwrite: bool) -> Path:
-    """Fail early (before any work) if ``out`` exists and ``overwrite`` is False."""
-    out = Path(out)
-    if out.exists() and not overwrite:
-        raise FormalSAEError(f"output directory {out} already exists; pass overwrite=True (--overwrite) to replace it")
-    return out
-
-
-@contextlib.contextmanager
-def atomic_directory(out: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
-    """Yield a temporary directory that replaces ``out`` when the block exits without error.
-
-    On error the temporary directory is removed and ``out`` is left as it was.
-    """
-    out = check_writable(out, overwrite).absolute()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
-        yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    old = None
-    if out.exists():
-        old = out.parent / f".{out.name}.old-{os.getpid()}"
-        os.replace(out, old)
-    os.replace(tmp, out)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
@@ -60,7 +27,10 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write ``data`` to ``path`` through a temporary file and a rename."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    # Not tempfile.mkstemp: it creates files with mode 0600 whatever the umask, and a rename
+    # keeps the mode. os.open with 0666 gives the mode any ordinary tool's output has.
+    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -91,12 +61,16 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
     atomic_write_text(path, json.dumps(to_jsonable(obj), indent=2, allow_nan=True) + "\n")
 
 
-def read_json(path: str | os.PathLike, what: str = "file") -> Any:
-    """Read JSON, turning a missing or corrupt file into an error that names it."""
+def read_json(path: str | os.PathLike, what: str = "file", fix: str | None = None) -> Any:
+    """Read JSON, turning a missing, unreadable or corrupt file into a one-line error that names it.
+
+    ``fix`` says what to do about it (default for a corrupt file: delete it and regenerate it)."""
     path = Path(path)
     if not path.is_file():
-        raise FormalSAEError(f"{what} {path} is missing")
+        raise FormalSAEError(f"{what} {path} is missing" + (f"; {fix}" if fix else ""))
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise FormalSAEError(f"{what} {path} is corrupt (not valid JSON: {e}); delete it and regenerate it") from None
+        return json.loads(path.read_bytes().decode("utf-8"))
+    except (ValueError, OSError, RecursionError) as e:  # ValueError: JSON and UTF-8 errors; RecursionError: absurd nesting
+        reason = " ".join(str(e).split()) or type(e).__name__
+        kind = f"unreadable ({reason})" if isinstance(e, OSError) else f"corrupt (not valid JSON: {reason})"
+        raise FormalSAEError(f"{what} {path} is {kind}; {fix or 'delete it and regenerate it'}") from None

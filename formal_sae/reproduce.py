@@ -3,8 +3,8 @@
 ``reproduce(out_dir, grammars, scale)`` runs, for each grammar, every stage of the paper with the
 public API and writes ``out_dir/report.md`` (tables, figures, and the claims table) and
 ``out_dir/claims.json``: for each of the paper's claims C1-C4 (PAPER.md §1), the evidence measured
-in this run and whether it supports the claim. Each stage's result is written to disk and a rerun
-skips finished stages, so an interrupted run resumes.
+in this run and whether it supports the claim. The run is built in ``<out_dir>.in-progress``; each stage's
+result is written there and a rerun skips finished stages, so an interrupted run resumes.
 
 Scales: ``quick`` (minutes on a laptop CPU: small models, a six-cell SAE grid, short runs),
 ``small`` (the paper's full SAE grid at reduced training budgets; an hour or so per grammar on
@@ -28,12 +28,14 @@ from formal_sae.errors import FormalSAEError
 from formal_sae.interventions import Intervention, causal_report, compare_generations, next_token_effects
 from formal_sae.io import atomic_write_text, read_json, write_json
 from formal_sae.models import ModelConfig, load_model
+from formal_sae.outputs import output_dir
 from formal_sae.saes import SAETrainConfig, load_sae
 from formal_sae.saes.causal import CausalConfig, train_causal_sae
-from formal_sae.saes.sweep import SweepGrid, grid_from_dict, paper_grid, sweep
+from formal_sae.saes.sweep import CELLS_DIR, RESULTS_JSON, SweepGrid, grid_from_dict, paper_grid, sweep
 from formal_sae.training import TrainConfig, train_model
 
 GRAMMARS = ("dyck2", "expr", "english")
+CAUSAL_SAES_DIR = "causal-saes"  # the plain and causal SAEs; their comparison goes to causal/
 #: The feature each language's interventions target, and the features C1 looks for (PAPER.md §6).
 KEY_FEATURE = {"dyck2": "depth", "expr": "pending", "english": "pos=verb"}
 C1_FEATURES = {
@@ -148,11 +150,13 @@ SCALES: dict[str, Scale] = {
 
 
 def _stage(path: Path, compute: Callable[[], dict]) -> dict:
-    """Run ``compute`` unless ``path`` (its JSON result) exists: the resume mechanism."""
+    """Run ``compute`` unless ``path`` (its JSON result) exists: the resume mechanism. A stage that
+    saves an artifact holding ``path`` has written it already (artifacts appear whole)."""
     if path.is_file():
         return read_json(path)
     result = compute()
-    write_json(path, result)
+    if not path.is_file():
+        write_json(path, result)
     return result
 
 
@@ -160,31 +164,28 @@ def reproduce_grammar(grammar: str, out: Path, scale: Scale, seed: int = 0, devi
     """Every stage for one grammar; returns the numbers the claims are judged on."""
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    data_dir, model_dir = out / "data", out / "model"
+    data_dir, model_dir, sweep_dir = out / "data", out / "model", out / "sweep"
     if not data_dir.exists():
         generate_dataset(grammar, data_dir, n_train=scale.n_train, n_validation=scale.n_eval, n_test=scale.n_eval, seed=seed)
     dataset = load_dataset_dir(data_dir)
-    if not (model_dir / "metrics.json").is_file():
+    if not model_dir.exists():  # an interrupted training run resumes by itself
         train = TrainConfig(
             steps=scale.model_steps[grammar], lr=scale.model_lr, seed=seed, device=device, eval_every=max(1, scale.model_steps[grammar] // 4),
             warmup_steps=min(200, scale.model_steps[grammar] // 10),
             checkpoint_every=max(1, scale.model_steps[grammar] // 4), validity_samples=scale.validity_samples, final_validity_repeats=scale.validity_repeats,
         )  # fmt: skip
-        train_model(
-            dataset,
-            ModelConfig.from_preset(scale.preset, seed=seed),
-            train,
-            out_dir=model_dir,
-            resume=(model_dir / "checkpoint").exists(),
-        )
+        train_model(dataset, ModelConfig.from_preset(scale.preset, seed=seed), train, out_dir=model_dir)
     model, model_metrics = load_model(model_dir, device=device), read_json(model_dir / "metrics.json")
     d_in = model.cfg.d_model
-    rows = sweep(model, dataset, scale.grid(d_in), out / "sweep", evaluate_kwargs=scale.sweep_eval, progress=True)
+    if sweep_dir.exists():
+        rows = read_json(sweep_dir / RESULTS_JSON, what="sweep results")
+    else:
+        rows = sweep(model, dataset, scale.grid(d_in), sweep_dir, evaluate_kwargs=scale.sweep_eval, progress=True)
     best = max(
         (r for r in rows if r.get("variant") == "none" and r.get("validity") is not None),
         key=lambda r: (round(r["validity"], 2), r["explained_variance"]),
     )
-    sae_dir = out / "sweep" / "cells" / best["cell_id"]
+    sae_dir = sweep_dir / CELLS_DIR / best["cell_id"]
     sae = load_sae(sae_dir, device=device)
 
     def analysis_stage() -> dict:
@@ -216,13 +217,13 @@ def reproduce_grammar(grammar: str, out: Path, scale: Scale, seed: int = 0, devi
 
     def causal_sae_stage() -> dict:
         for name, beta in (("plain", 0.0), ("causal", scale.causal.coefficient)):
-            if not (out / "causal" / name / "cfg.json").is_file():
+            if not (out / CAUSAL_SAES_DIR / name).exists():
                 train_causal_sae(
                     model, dataset, dataclasses.replace(scale.causal_base, seed=seed, device=device),
-                    dataclasses.replace(scale.causal, coefficient=beta), out_dir=out / "causal" / name, progress=True,
+                    dataclasses.replace(scale.causal, coefficient=beta), out_dir=out / CAUSAL_SAES_DIR / name, progress=True,
                 )  # fmt: skip
         comparison = compare_saes(
-            model, dataset, [out / "causal" / "plain", out / "causal" / "causal"], n_samples=scale.validity_samples,
+            model, dataset, [out / CAUSAL_SAES_DIR / "plain", out / CAUSAL_SAES_DIR / "causal"], n_samples=scale.validity_samples,
             repeats=scale.validity_repeats, max_sentences=scale.intervention_sentences,
         )  # fmt: skip
         comparison.save(out / "causal")
@@ -392,20 +393,30 @@ def _num(x) -> str:
 
 
 def reproduce(
-    out_dir: str | os.PathLike, grammars: list[str] | str = "all", scale: str = "quick", seed: int = 0, device: str = "cpu"
+    out_dir: str | os.PathLike,
+    grammars: list[str] | str = "all",
+    scale: str = "quick",
+    seed: int = 0,
+    device: str = "cpu",
+    overwrite: bool = False,
 ) -> dict[str, dict]:
-    """Run the whole study and write ``report.md`` and ``claims.json`` into ``out_dir``; returns the claims."""
+    """Run the whole study and write ``report.md`` and ``claims.json`` into ``out_dir``; returns the claims.
+
+    The run is built in ``<out_dir>.in-progress`` and moved into place when finished; run again
+    with the same grammars, scale and seed, an interrupted run resumes from its finished stages.
+    An existing ``out_dir`` is refused unless ``overwrite`` (:mod:`formal_sae.outputs`)."""
     if scale not in SCALES:
         raise FormalSAEError(f"unknown scale {scale!r}; choose one of {', '.join(SCALES)}")
     names = list(GRAMMARS) if grammars in ("all", ["all"]) else [grammars] if isinstance(grammars, str) else list(grammars)
     unknown = [g for g in names if g not in GRAMMARS]
     if unknown:
         raise FormalSAEError(f"reproduce covers the paper's grammars {', '.join(GRAMMARS)} (or all), not {unknown}")
-    out = Path(out_dir)
-    results = {}
-    for g in names:
-        results[g] = _stage(out / g / "results.json", lambda g=g: reproduce_grammar(g, out / g, SCALES[scale], seed, device))
-    claims = judge_claims(results)
-    write_json(out / "claims.json", claims)
-    atomic_write_text(out / "report.md", report_markdown(results, claims, SCALES[scale]))
+    config = {"grammars": names, "scale": scale, "seed": seed}
+    with output_dir(out_dir, "reproduction", config, overwrite=overwrite, resumable=True) as out:
+        results = {}
+        for g in names:
+            results[g] = _stage(out / g / "results.json", lambda g=g: reproduce_grammar(g, out / g, SCALES[scale], seed, device))
+        claims = judge_claims(results)
+        write_json(out / "claims.json", claims)
+        atomic_write_text(out / "report.md", report_markdown(results, claims, SCALES[scale]))
     return claims

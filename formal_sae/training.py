@@ -24,6 +24,7 @@ import math
 import os
 import shutil
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,6 +39,7 @@ from formal_sae.errors import FormalSAEError, ModelError
 from formal_sae.generation import evaluate_validity
 from formal_sae.io import read_json, write_json
 from formal_sae.models import ModelConfig, build_model, load_weights, model_state, resolve_device, save_model
+from formal_sae.outputs import in_progress_path, output_dir
 from formal_sae.packing import PackedBatch, pack_sequences, packed_hooks
 from formal_sae.seeding import deterministic
 
@@ -82,11 +84,34 @@ class TrainConfig:
         return cls(**{k: v for k, v in d.items() if k in names})
 
     def validate(self) -> None:
-        for name in ("steps", "batch_size", "eval_every", "checkpoint_every", "micro_batch_tokens", "validity_samples"):
+        """Refuse invalid settings with a :class:`ModelError` naming the field, its value and the valid
+        range; a warm-up at least as long as the run is shortened to a tenth of it, with a warning
+        (here, so that the saved and resumed configurations hold the value actually used)."""
+        positive = ("steps", "batch_size", "eval_every", "checkpoint_every", "micro_batch_tokens", "validity_samples")
+        for name in (*positive, "val_sentences", "final_validity_repeats"):
             if getattr(self, name) < 1:
                 raise ModelError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.lr <= 0:
-            raise ModelError(f"lr must be > 0, got {self.lr}")
+        for name in ("lr", "grad_clip"):
+            if not getattr(self, name) > 0:  # "not > 0" also refuses NaN
+                raise ModelError(f"{name} must be > 0, got {getattr(self, name)}")
+        if not 0 <= self.min_lr_ratio <= 1:
+            raise ModelError(f"min_lr_ratio must be in [0, 1] (the final learning rate over lr), got {self.min_lr_ratio}")
+        if not self.weight_decay >= 0:
+            raise ModelError(f"weight_decay must be >= 0, got {self.weight_decay}")
+        for name in ("beta1", "beta2"):
+            if not 0 <= getattr(self, name) < 1:
+                raise ModelError(f"{name} must be in [0, 1), got {getattr(self, name)}")
+        if self.warmup_steps < 0:
+            raise ModelError(f"warmup_steps must be >= 0, got {self.warmup_steps}")
+        if self.warmup_steps >= self.steps:  # the learning rate would never reach lr
+            shorter = self.steps // 10
+            warnings.warn(
+                f"warmup_steps={self.warmup_steps} is not shorter than the run (steps={self.steps}), so the learning rate "
+                f"would never reach lr={self.lr}; using warmup_steps={shorter} (a tenth of the run) instead",
+                UserWarning,
+                stacklevel=2,
+            )
+            self.warmup_steps = shorter
         resolve_device(self.device)
 
 
@@ -204,12 +229,9 @@ def _save_checkpoint(
         os.replace(tmp, final)
 
 
-def _load_checkpoint(
-    out: Path, model, optimizer, model_cfg: ModelConfig, cfg: TrainConfig, data: DatasetMetadata
-) -> tuple[int, list[dict], float | None]:
+def _load_checkpoint(out: Path, model, optimizer, data: DatasetMetadata) -> tuple[int, list[dict], float | None]:
+    """Restore a checkpoint of the run in ``out`` (its configuration was matched by :func:`output_dir`)."""
     ckpt = out / CHECKPOINT_DIR
-    if not ckpt.is_dir():
-        raise ModelError(f"nothing to resume: {ckpt} does not exist; start the run without --resume")
     try:
         state = read_json(ckpt / "state.json", what="checkpoint state")
     except FormalSAEError as e:  # missing or not JSON
@@ -219,13 +241,6 @@ def _load_checkpoint(
     if state.get("grammar_text") != data.grammar_text:
         raise ModelError(
             f"cannot resume {out}: its checkpoint was trained on another grammar than this dataset's {data.grammar!r}"
-        )
-    saved_model, saved_train = ModelConfig.from_dict(state.get("model", {})), TrainConfig.from_dict(state.get("train", {}))
-    diffs = [f"model.{k}" for k, v in model_cfg.to_dict().items() if saved_model.to_dict().get(k) != v]
-    diffs += [f"{k}" for k, v in cfg.to_dict().items() if k != "device" and saved_train.to_dict().get(k) != v]
-    if diffs:
-        raise ModelError(
-            f"cannot resume {out}: the configuration differs from the checkpoint's in {', '.join(diffs)}; use the same settings or a new --out"
         )
     load_weights(model, ckpt / "model.safetensors")
     opt_path = ckpt / "optimizer.pt"
@@ -277,6 +292,7 @@ def train_model(
     out_dir: str | os.PathLike | None = None,
     resume: bool = False,
     progress: bool = True,
+    overwrite: bool = False,
 ):
     """Train a model on a formal-sae dataset and return it (a ``HookedSAETransformer``).
 
@@ -284,10 +300,14 @@ def train_model(
         dataset: From :func:`formal_sae.build_dataset` / :func:`formal_sae.load_dataset_dir`.
         config: A :class:`ModelConfig` or a preset name.
         train: Optimisation settings (defaults: :class:`TrainConfig`).
-        out_dir: If given: checkpoints, then the final model (``save_model``), ``metrics.json``,
-            ``train_config.json`` and ``training_curve.png``.
-        resume: Continue from ``out_dir/checkpoint`` (same settings required).
+        out_dir: If given: the final model (``save_model``), ``metrics.json``,
+            ``train_config.json`` and ``training_curve.png``, built in ``<out_dir>.in-progress``
+            (checkpoints included) and moved into place when complete (:mod:`formal_sae.outputs`).
+            An interrupted run with the same settings resumes from its last checkpoint and
+            reaches the same weights; one with other settings is refused, naming them.
+        resume: Require an interrupted run to resume (an error if there is none).
         progress: Show a tqdm progress bar.
+        overwrite: Replace an existing model in ``out_dir`` (only one formal-sae wrote).
     """
     train = train or TrainConfig()
     train.validate()
@@ -315,17 +335,35 @@ def train_model(
 
     torch.manual_seed(config.seed)
     model = build_model(config, tokenizer, meta, device=train.device)
-    optimizer = make_optimizer(model, train)
-    start, history, running = 0, [], None
-    if out is not None and out.exists() and not resume and (out / CHECKPOINT_DIR).exists():
+    run = {"model": config.to_dict(), "train": {k: v for k, v in train.to_dict().items() if k != "device"},
+           "data": {"grammar": meta.grammar, "seed": meta.seed, "splits": meta.splits}}  # fmt: skip
+    if out is None:
+        _train_loop(model, dataset, train, meta, grammar, tokenizer, None, progress)
+        return model
+    if resume and not (in_progress_path(out) / CHECKPOINT_DIR).is_dir():
         raise ModelError(
-            f"{out} holds a checkpoint of another run; pass resume=True (--resume) to continue it or choose a new output directory"
+            f"nothing to resume: {in_progress_path(out) / CHECKPOINT_DIR} does not exist; start the run without --resume"
         )
-    if resume:
-        start, history, running = _load_checkpoint(out, model, optimizer, config, train, meta)
-    if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
-        write_json(out / TRAIN_CONFIG_FILE, {"model": config.to_dict(), "train": train.to_dict(), "data": meta.__dict__})
+    with output_dir(out, "model", run, overwrite=overwrite, resumable=True) as work:
+        write_json(work / TRAIN_CONFIG_FILE, {"model": config.to_dict(), "train": train.to_dict(), "data": meta.__dict__})
+        _train_loop(model, dataset, train, meta, grammar, tokenizer, work, progress)
+        save_model(model, work)
+        write_json(work / METRICS_FILE, model.formal_sae_metrics)
+        plot_training_curve(model.formal_sae_metrics["history"], work / CURVE_FILE)
+        for name in (CHECKPOINT_DIR, f".{CHECKPOINT_DIR}.tmp", f".{CHECKPOINT_DIR}.old"):
+            shutil.rmtree(work / name, ignore_errors=True)
+    return model
+
+
+def _train_loop(model, dataset, train: TrainConfig, meta, grammar, tokenizer, work: Path | None, progress: bool) -> None:
+    """Train ``model`` in place, checkpointing into (and resuming from) ``work`` when given; sets
+    ``model.formal_sae_metrics``."""
+    train_seqs, val_seqs = sequences_of(dataset["train"]), sequences_of(dataset["validation"])[: train.val_sentences]
+    optimizer = make_optimizer(model, train)
+    config = model.formal_sae_config
+    start, history, running = 0, [], None
+    if work is not None and (work / CHECKPOINT_DIR).is_dir():
+        start, history, running = _load_checkpoint(work, model, optimizer, meta)
 
     batches = SentenceBatches(len(train_seqs), train.batch_size, train.seed)
     pad_id = tokenizer.pad_token_id
@@ -355,8 +393,8 @@ def train_model(
             }
             history.append(last)
             model.train()
-        if out is not None and (done % train.checkpoint_every == 0) and done < train.steps:
-            _save_checkpoint(out, model, optimizer, done, history, config, train, meta, running)
+        if work is not None and (done % train.checkpoint_every == 0) and done < train.steps:
+            _save_checkpoint(work, model, optimizer, done, history, config, train, meta, running)
         bar.set_postfix(
             loss=f"{running:.3f}",
             val=f"{last.get('val_loss', float('nan')):.3f}",
@@ -383,9 +421,3 @@ def train_model(
         "real_tokens_per_second_this_run": real_tokens / elapsed if elapsed > 0 else float("nan"),
         "history": history,
     }
-    if out is not None:
-        save_model(model, out)
-        write_json(out / METRICS_FILE, model.formal_sae_metrics)
-        plot_training_curve(history, out / CURVE_FILE)
-        shutil.rmtree(out / CHECKPOINT_DIR, ignore_errors=True)
-    return model

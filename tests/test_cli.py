@@ -143,9 +143,13 @@ def test_generate_existing_out_needs_overwrite(tmp_path, capsys):
     assert (out / "marker.txt").read_text() == "still here"
     assert formal_sae.dataset_metadata(formal_sae.load_dataset_dir(out)).seed == 1
 
+    # --overwrite replaces only what formal-sae wrote: the user's file is named, and kept
+    assert main(["generate", "dyck2-shallow", "--out", str(out), "--n-train", "4", "--seed", "2", "--overwrite"]) == 2
+    assert_one_line_error(capsys.readouterr().err, str(out), "files formal-sae did not write (marker.txt)")
+    assert (out / "marker.txt").read_text() == "still here"
+    (out / "marker.txt").unlink()
     assert main(["generate", "dyck2-shallow", "--out", str(out), "--n-train", "4", "--seed", "2", "--overwrite"]) == 0
     assert "seed 2" in capsys.readouterr().out
-    assert not (out / "marker.txt").exists()
     ds = formal_sae.load_dataset_dir(out)
     assert formal_sae.dataset_metadata(ds).seed == 2
     assert sizes(ds)["train"] == 4

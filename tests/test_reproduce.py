@@ -7,8 +7,9 @@ import json
 
 import pytest
 
-from formal_sae import CausalConfig, FormalSAEError, SAETrainConfig
+from formal_sae import CausalConfig, FormalSAEError, OutputError, SAETrainConfig, in_progress_path
 from formal_sae import reproduce as reproduce_mod
+from formal_sae.outputs import _write_marker
 from formal_sae.reproduce import SCALES, Scale, judge_claims, reproduce
 from formal_sae.saes.sweep import grid_from_dict
 
@@ -122,9 +123,11 @@ def test_reproduce_writes_the_claims_table_and_the_report(tiny_run):
 def test_an_interrupted_run_resumes_without_redoing_finished_stages(tiny_run, tmp_path, monkeypatch):
     out, claims = tiny_run
     run = tmp_path / "run"
-    (run / "expr").mkdir(parents=True)
-    for part in ("data", "model", "sweep", "analysis", "interventions", "causal"):  # all but results.json
-        (run / "expr" / part).symlink_to(out / "expr" / part, target_is_directory=True)
+    work = in_progress_path(run)  # an interrupted run: every stage done but the results file
+    (work / "expr").mkdir(parents=True)
+    _write_marker(work, "reproduction", {"grammars": ["expr"], "scale": "tiny", "seed": 0}, complete=False)
+    for part in ("data", "model", "sweep", "analysis", "interventions", "causal-saes", "causal"):  # all but results.json
+        (work / "expr" / part).symlink_to(out / "expr" / part, target_is_directory=True)
 
     def must_not_run(*args, **kwargs):
         raise AssertionError("a finished stage ran again")
@@ -136,6 +139,14 @@ def test_an_interrupted_run_resumes_without_redoing_finished_stages(tiny_run, tm
     assert {k: (c["supported"], c["numbers"]) for k, c in again.items()} == {
         k: (c["supported"], copy.deepcopy(c["numbers"])) for k, c in claims.items()
     }
+    assert (run / "claims.json").is_file() and not work.exists()
+
+
+def test_a_finished_run_is_not_overwritten_without_overwrite(tiny_run, monkeypatch):
+    out, _ = tiny_run
+    monkeypatch.setitem(SCALES, "tiny", TINY)
+    with pytest.raises(OutputError, match="already exists and holds a formal-sae reproduction; pass overwrite=True"):
+        reproduce(out, "expr", "tiny")
 
 
 def test_unknown_scale_or_grammar_is_refused(tmp_path):

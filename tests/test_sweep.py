@@ -10,7 +10,8 @@ from safetensors.torch import load_file
 
 import formal_sae
 from formal_sae.cli import main
-from formal_sae.errors import SAEError
+from formal_sae.errors import OutputError, SAEError
+from formal_sae.outputs import in_progress_path
 from formal_sae.saes import sweep as sweep_mod
 from formal_sae.saes import training as training_mod
 from formal_sae.saes.sweep import SweepGrid, grid_from_dict, load_grid, paper_grid, sweep
@@ -40,6 +41,23 @@ class Counter:
     def __call__(self, *args, **kwargs):
         self.calls.append((args, kwargs))
         return self.fn(*args, **kwargs)
+
+
+def interrupt_sweep(model, ds, grid, out, after: int, **kwargs) -> None:
+    """Run a sweep that is interrupted (KeyboardInterrupt) when its cell number ``after`` + 1 starts."""
+    calls = []
+
+    def train_then_stop(*args, **kw):
+        calls.append(1)
+        if len(calls) > after:
+            raise KeyboardInterrupt
+        return training_mod.train_sae(*args, **kw)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(sweep_mod, "train_sae", train_then_stop)
+        with pytest.raises(KeyboardInterrupt):
+            sweep(model, ds, grid, out, progress=False, **kwargs)
+    assert not out.exists() and in_progress_path(out).is_dir()  # a sweep appears whole or not at all
 
 
 @pytest.fixture(scope="module")
@@ -148,30 +166,35 @@ def test_activations_are_computed_once_per_hook(swept):
     assert all(call[1]["activations"] is not None for call in train.calls)  # every cell trained on the shared cache
 
 
-def test_resume_skips_finished_cells_and_gives_the_same_results(setup, swept, monkeypatch):
+def test_resume_skips_finished_cells_and_gives_the_same_results(setup, swept, tmp_path, monkeypatch):
     model, ds = setup
     out, rows, _, _ = swept
+    with pytest.raises(OutputError, match="already exists and holds a formal-sae sweep; pass overwrite=True"):
+        sweep(model, ds, TINY_GRID, out, evaluate_kwargs=EVAL, progress=False)
+    again_dir = tmp_path / "again"
+    interrupt_sweep(model, ds, TINY_GRID, again_dir, after=2, evaluate_kwargs=EVAL)
     train = Counter(sweep_mod.train_sae)
     monkeypatch.setattr(sweep_mod, "train_sae", train)
-    assert sweep(model, ds, TINY_GRID, out, evaluate_kwargs=EVAL, progress=False) == rows
-    assert train.calls == []
-    (out / "cells" / rows[1]["cell_id"] / "metrics.json").unlink()  # an interrupted cell is redone
-    again = sweep(model, ds, TINY_GRID, out, evaluate_kwargs=EVAL, progress=False)
-    assert len(train.calls) == 1 and train.calls[0][0][2].k == rows[1]["k"]
-    assert [r for i, r in enumerate(again) if i != 1] == [r for i, r in enumerate(rows) if i != 1]
+    again = sweep(model, ds, TINY_GRID, again_dir, evaluate_kwargs=EVAL, progress=False)
+    assert len(train.calls) == 2  # the two cells the interrupted run had not finished
+    assert [without_timings(r) for r in again] == [without_timings(r) for r in rows]
+    assert not in_progress_path(again_dir).exists()
 
 
-def test_a_different_grid_or_evaluation_in_the_same_directory_is_refused(setup, swept, monkeypatch):
+def test_a_different_grid_or_evaluation_is_refused_when_resuming(setup, tmp_path, monkeypatch):
     model, ds = setup
-    out, _, _, _ = swept
+    out = tmp_path / "sweep"
+    interrupt_sweep(model, ds, TINY_GRID, out, after=1, evaluate_kwargs=EVAL)
     train = Counter(sweep_mod.train_sae)
     monkeypatch.setattr(sweep_mod, "train_sae", train)
     other = {**TINY_GRID, "axes": {"hook_name": [POST], "k": [4, 16]}}
-    with pytest.raises(SAEError, match=r"holds a different sweep.*cells only here: .*k16"):
+    with pytest.raises(SAEError, match=r"holds a different sweep.*cells only here: .*k16.*pass overwrite=True"):
         sweep(model, ds, other, out, evaluate_kwargs=EVAL, progress=False)
     with pytest.raises(SAEError, match="evaluation settings"):
         sweep(model, ds, TINY_GRID, out, evaluate_kwargs={**EVAL, "n_samples": 8}, progress=False)
     assert train.calls == []
+    rows = sweep(model, ds, other, out, evaluate_kwargs=EVAL, progress=False, overwrite=True)  # discards it
+    assert [r["k"] for r in rows] == [4, 16] and len(train.calls) == 2
 
 
 def test_sweep_without_evaluation_and_bad_cells_fail_before_training(setup, tmp_path):
@@ -212,10 +235,17 @@ def test_workers_train_the_same_saes_as_one_process_on_one_thread(setup, tmp_pat
         a, b = (_saved_state(tmp_path / run / "cells" / row["cell_id"]) for run in ("here", "forked"))
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     # resuming with a single cell left runs it in a worker too: still the same SAE
-    (tmp_path / "forked" / "cells" / here[2]["cell_id"] / "metrics.json").unlink()
-    again = sweep(model, ds, TINY_GRID, tmp_path / "forked", evaluate_kwargs=EVAL, progress=False, plots=False, workers=2)
+    monkeypatch.undo()
+    torch.set_num_threads(1)
+    try:
+        interrupt_sweep(model, ds, TINY_GRID, tmp_path / "resumed", after=3, evaluate_kwargs=EVAL, plots=False)
+    finally:
+        torch.set_num_threads(threads)
+    train = Counter(sweep_mod.train_sae)
+    monkeypatch.setattr(sweep_mod, "train_sae", train)
+    again = sweep(model, ds, TINY_GRID, tmp_path / "resumed", evaluate_kwargs=EVAL, progress=False, plots=False, workers=2)
     assert train.calls == [] and [without_timings(r) for r in again] == [without_timings(r) for r in here]
-    a, b = (_saved_state(tmp_path / run / "cells" / here[2]["cell_id"]) for run in ("here", "forked"))
+    a, b = (_saved_state(tmp_path / run / "cells" / here[3]["cell_id"]) for run in ("here", "resumed"))
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 import formal_sae
 import formal_sae.training as training
-from formal_sae import ModelConfig, ModelError, TrainConfig, load_model, train_model
+from formal_sae import ModelConfig, ModelError, OutputError, TrainConfig, in_progress_path, load_model, train_model
 from formal_sae.cli import main
 from formal_sae.models import model_state
 from formal_sae.packing import pack_rows, pack_sequences
@@ -87,13 +87,14 @@ def interrupted(expr_ds, tmp_path_factory):
         mp.setattr(training, "lr_at", lr_at_then_interrupt)
         with pytest.raises(KeyboardInterrupt):
             train_model(expr_ds, "tiny", small_train(), out_dir=out, progress=False)
+    assert not out.exists()  # the model appears whole or not at all
     return out
 
 
 @pytest.fixture
 def interrupted_copy(interrupted, tmp_path) -> Path:
     dst = tmp_path / "run"
-    shutil.copytree(interrupted, dst)
+    shutil.copytree(in_progress_path(interrupted), in_progress_path(dst))
     return dst
 
 
@@ -360,16 +361,18 @@ def test_same_seed_gives_identical_weights(run_a, expr_ds):
 
 # ---------------------------------------------------------------------------- resume
 def test_interrupted_run_leaves_a_checkpoint(interrupted):
-    state = json.loads((interrupted / "checkpoint" / "state.json").read_text())
+    ckpt = in_progress_path(interrupted) / "checkpoint"
+    state = json.loads((ckpt / "state.json").read_text())
     assert state["step"] == 10
     assert [h["step"] for h in state["history"]] == [10]
-    assert not (interrupted / "metrics.json").exists()  # the run did not finish
-    assert {p.name for p in (interrupted / "checkpoint").iterdir()} == {"model.safetensors", "optimizer.pt", "state.json"}
+    assert not interrupted.exists()  # the run did not finish
+    assert {p.name for p in ckpt.iterdir()} == {"model.safetensors", "optimizer.pt", "state.json"}
 
 
-def test_resume_reaches_the_uninterrupted_weights_exactly(run_a, interrupted_copy, expr_ds):
+@pytest.mark.parametrize("resume", [True, False])  # False: a rerun of the same command resumes by itself
+def test_resume_reaches_the_uninterrupted_weights_exactly(run_a, interrupted_copy, expr_ds, resume):
     model_a, out_a = run_a
-    resumed = train_model(expr_ds, "tiny", small_train(), out_dir=interrupted_copy, resume=True, progress=False)
+    resumed = train_model(expr_ds, "tiny", small_train(), out_dir=interrupted_copy, resume=resume, progress=False)
     state_a, state_b = model_state(model_a), model_state(resumed)
     assert set(state_a) == set(state_b)
     for k in state_a:
@@ -379,7 +382,7 @@ def test_resume_reaches_the_uninterrupted_weights_exactly(run_a, interrupted_cop
     assert metrics_b["history"] == metrics_a["history"]
     for key in ("validity", "validity_std", "val_loss", "steps", "failures"):
         assert metrics_b[key] == metrics_a[key], key
-    assert not (interrupted_copy / "checkpoint").exists()
+    assert not (interrupted_copy / "checkpoint").exists() and not in_progress_path(interrupted_copy).exists()
     assert torch.equal(load_model(interrupted_copy).embed.W_E, model_a.embed.W_E)
 
 
@@ -391,16 +394,17 @@ def test_resume_without_a_checkpoint(expr_ds, tmp_path):
 
 
 def differing_fields(message: str) -> set[str]:
-    match = re.search(r"differs from the checkpoint's in (.+); use the same settings", message)
+    match = re.search(r"interrupted run with another configuration; it differs in (.+)\. Rerun with the same settings", message)
     assert match, message
-    return set(match.group(1).split(", "))
+    return set(re.findall(r"(?:^|, )([\w.]+) \(", match.group(1)))
 
 
 def test_resume_with_another_config_names_the_differences(interrupted_copy, expr_ds):
-    with pytest.raises(ModelError) as err:
+    with pytest.raises(OutputError) as err:
         train_model(expr_ds, "tiny", small_train(lr=1e-2), out_dir=interrupted_copy, resume=True, progress=False)
-    assert differing_fields(str(err.value)) == {"lr"}
-    with pytest.raises(ModelError) as err:
+    assert differing_fields(str(err.value)) == {"train.lr"}
+    assert "train.lr (0.003 -> 0.01)" in str(err.value)
+    with pytest.raises(OutputError) as err:
         train_model(
             expr_ds,
             ModelConfig.from_preset("tiny", seed=4),
@@ -409,24 +413,29 @@ def test_resume_with_another_config_names_the_differences(interrupted_copy, expr
             resume=True,
             progress=False,
         )
-    assert differing_fields(str(err.value)) == {"model.seed", "steps"}
+    assert differing_fields(str(err.value)) == {"model.seed", "train.steps"}
 
 
 def test_resume_with_another_grammar(interrupted_copy):
     dyck = formal_sae.build_dataset("dyck2", n_train=40, n_validation=5, n_test=0, seed=0)
-    with pytest.raises(ModelError, match="checkpoint was trained on another grammar than this dataset's 'dyck2'"):
+    with pytest.raises(OutputError, match=r"data.grammar \(\"expr\" -> \"dyck2\"\)"):
         train_model(dyck, "tiny", small_train(), out_dir=interrupted_copy, resume=True, progress=False)
 
 
-def test_fresh_run_refuses_a_directory_with_a_checkpoint(interrupted_copy, expr_ds):
-    before = (interrupted_copy / "checkpoint" / "state.json").read_text()
-    with pytest.raises(ModelError, match="holds a checkpoint of another run; pass resume=True"):
-        train_model(expr_ds, "tiny", small_train(), out_dir=interrupted_copy, progress=False)
-    assert (interrupted_copy / "checkpoint" / "state.json").read_text() == before
+def test_another_run_keeps_the_interrupted_one_unless_overwrite(interrupted_copy, expr_ds):
+    state = in_progress_path(interrupted_copy) / "checkpoint" / "state.json"
+    before = state.read_text()
+    with pytest.raises(OutputError, match="pass overwrite=True"):
+        train_model(expr_ds, "tiny", small_train(seed=5), out_dir=interrupted_copy, progress=False)
+    assert state.read_text() == before
+    model = train_model(expr_ds, "tiny", small_train(seed=5, steps=12), out_dir=interrupted_copy, progress=False, overwrite=True)
+    assert json.loads((interrupted_copy / "metrics.json").read_text())["steps"] == 12
+    assert torch.equal(load_model(interrupted_copy).embed.W_E, model.embed.W_E)
+    assert not in_progress_path(interrupted_copy).exists()
 
 
 def test_corrupt_optimizer_state_names_the_file(interrupted_copy, expr_ds):
-    path = interrupted_copy / "checkpoint" / "optimizer.pt"
+    path = in_progress_path(interrupted_copy) / "checkpoint" / "optimizer.pt"
     path.write_bytes(path.read_bytes()[:100])
     with pytest.raises(ModelError, match="is corrupt") as err:
         train_model(expr_ds, "tiny", small_train(), out_dir=interrupted_copy, resume=True, progress=False)
@@ -437,7 +446,7 @@ def test_corrupt_optimizer_state_names_the_file(interrupted_copy, expr_ds):
 
 
 def test_corrupt_checkpoint_state_and_weights(interrupted_copy, expr_ds):
-    ckpt = interrupted_copy / "checkpoint"
+    ckpt = in_progress_path(interrupted_copy) / "checkpoint"
     weights = ckpt / "model.safetensors"
     weights.write_bytes(b"junk")
     with pytest.raises(ModelError, match="is corrupt") as err:

@@ -37,7 +37,8 @@ from formal_sae.analysis.metrics import (
 from formal_sae.data import dataset_metadata
 from formal_sae.errors import DatasetError, FormalSAEError
 from formal_sae.io import atomic_write_text, write_json
-from formal_sae.saes.evaluation import check_sae_fits
+from formal_sae.outputs import output_dir
+from formal_sae.saes.evaluation import check_sae_fits, check_sae_model
 
 #: Latents firing on more than this fraction of tokens are reported as dense.
 DENSE_FIRING = 0.5
@@ -196,12 +197,16 @@ class AnalysisReport:
                 )
         return "\n".join(lines) + "\n"
 
-    def save(self, out_dir: str | os.PathLike, sentences: int = 10) -> Path:
-        """Write ``report.json``, ``report.md`` and the figures into ``out_dir``."""
+    def save(self, out_dir: str | os.PathLike, sentences: int = 10, overwrite: bool = False) -> Path:
+        """Write ``report.json``, ``report.md`` and the figures into ``out_dir`` as one artifact (an
+        existing ``out_dir`` is refused unless ``overwrite``; see :mod:`formal_sae.outputs`)."""
+        with output_dir(out_dir, "analysis", overwrite=overwrite) as out:
+            self._write(out, sentences)
+        return Path(out_dir)
+
+    def _write(self, out: Path, sentences: int) -> None:
         from formal_sae.analysis import plots
 
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
         write_json(out / "report.json", self.to_dict())
         atomic_write_text(out / "report.md", self.to_markdown())
         plots.correlation_heatmap(self, out / "correlations.png")
@@ -215,7 +220,6 @@ class AnalysisReport:
             )
         latents = sorted({t["best_latent"] for t in self.targets.values()})[:12]
         atomic_write_text(out / "top_activations.html", plots.top_activations_html(self, latents, sentences))
-        return out
 
 
 def _fmt(x) -> str:
@@ -231,6 +235,8 @@ def analyze(
     features: list[str] | None = None,
     pairs: list[tuple[str, str]] | None = None,
     max_sentences: int | None = 2000,
+    *,
+    allow_other_model: bool = False,
 ) -> AnalysisReport:
     """Score every latent of ``sae`` against every ground-truth feature of ``dataset``.
 
@@ -244,8 +250,11 @@ def analyze(
         pairs: ``(parent, child)`` feature expressions for absorption gaps, e.g.
             ``("pos=conj", "pos=conj&in_subject=0")``; defaults to :data:`DEFAULT_PAIRS` that apply.
         max_sentences: Sentences per split (bounds time and memory).
+        allow_other_model: Analyse an SAE trained on another model (refused by default: its
+            latents mean nothing there; see :func:`~formal_sae.saes.check_sae_model`).
     """
     check_sae_fits(model, sae)
+    check_sae_model(model, sae, allow_other_model)
     meta = dataset_metadata(dataset)
     model_data = getattr(model, "formal_sae_data", None)
     if model_data is not None and model_data.grammar_text != meta.grammar_text:

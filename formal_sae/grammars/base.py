@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import cached_property
+from pathlib import Path
 
 import numpy as np
 from nltk import PCFG, Nonterminal
@@ -30,6 +32,10 @@ Seed = int | np.random.SeedSequence | np.random.Generator
 
 #: An exact membership test: tokens -> grammatical?
 Recognizer = Callable[[Sequence[str]], bool]
+
+#: A sentence as the grammar's methods take it: a list or tuple of tokens, or one string of
+#: whitespace-separated tokens (the dataset's ``text`` column).
+Sentence = Sequence[str] | str
 
 
 @dataclass(frozen=True)
@@ -101,9 +107,29 @@ class Grammar:
         The start symbol is the left-hand side of the first production. Raises
         :class:`~formal_sae.errors.GrammarError` naming the line for malformed text, the
         nonterminal whose probabilities do not sum to 1, undefined or useless nonterminals, empty
-        productions, and grammars whose expected sentence length is infinite.
+        productions, and grammars whose expected sentence length is infinite. Messages are one line
+        (they quote the offending text, whose line breaks are folded).
         """
-        return cls(_parse_pcfg_text(text), name, max_length, language_features, description, recognizer)
+        try:
+            return cls(_parse_pcfg_text(text), name, max_length, language_features, description, recognizer)
+        except GrammarError as e:
+            raise GrammarError(" ".join(part.strip() for part in str(e).splitlines() if part.strip())) from None
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike, name: str | None = None, max_length: int | None = PAPER_MAX_LENGTH) -> Grammar:
+        """Build a grammar from a PCFG text file (see :meth:`from_string`), named after the file
+        unless ``name`` is given. Every error names the file."""
+        path = Path(path)
+        if not path.is_file():
+            raise GrammarError(f"grammar file {path} does not exist; fix the path or give a built-in grammar name")
+        try:
+            text = path.read_bytes().decode("utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise GrammarError(f"grammar file {path} cannot be read as UTF-8 text ({e}); fix or restore the file") from None
+        try:
+            return cls.from_string(text, name=name or path.stem, max_length=max_length)
+        except GrammarError as e:
+            raise GrammarError(f"grammar file {path}: {e} (edit the file and run again)") from None
 
     def to_string(self) -> str:
         """The grammar as PCFG text that :meth:`from_string` reads back to the same grammar."""
@@ -153,23 +179,25 @@ class Grammar:
         return _expected_length(self.pcfg)
 
     # ------------------------------------------------------------------ parsing
-    def is_grammatical(self, tokens: Sequence[str]) -> bool:
+    def is_grammatical(self, tokens: Sentence) -> bool:
         """True iff the grammar derives ``tokens`` (same verdict as ``nltk.ViterbiParser``).
 
+        ``tokens`` is a list or tuple of tokens or a whitespace-separated string (``"o0 c0"``).
         Unknown tokens and empty sentences give False, never an exception. The length limit does
         not apply: it is a sampling rule, not part of the language.
         """
+        tokens = _sentence_tokens(tokens)
         if self._recognizer is not None:
             return self._recognizer(tokens)
         return self._parser.recognize(tokens)
 
-    def chart_recognize(self, tokens: Sequence[str]) -> bool:
+    def chart_recognize(self, tokens: Sentence) -> bool:
         """Membership by chart parsing, ignoring any language-specific recognizer (a cross-check)."""
-        return self._parser.recognize(tokens)
+        return self._parser.recognize(_sentence_tokens(tokens))
 
-    def parse(self, tokens: Sequence[str]) -> ProbabilisticTree | None:
-        """The most probable parse tree of ``tokens``, or None if it is not grammatical."""
-        return self._parser.parse(tokens)
+    def parse(self, tokens: Sentence) -> ProbabilisticTree | None:
+        """The most probable parse tree of ``tokens`` (list, tuple or string), or None if it is not grammatical."""
+        return self._parser.parse(_sentence_tokens(tokens))
 
     # ------------------------------------------------------------------ features
     @cached_property
@@ -177,13 +205,15 @@ class Grammar:
         """Declarations of every feature :meth:`features` returns, in column order."""
         return tuple([f.spec for f in self._language_features] + generic_feature_specs(self.nonterminals))
 
-    def features(self, tokens: Sequence[str], tree: Tree | None = None) -> dict[str, list[int]]:
+    def features(self, tokens: Sentence, tree: Tree | None = None) -> dict[str, list[int]]:
         """Ground-truth features of a grammatical sentence: feature name -> one integer per token.
 
-        Categorical values index ``spec.categories``; see :attr:`feature_specs`. Pass ``tree``
-        to reuse a parse you already have. Raises :class:`GrammarError` if ``tokens`` is not
-        grammatical (features are defined by its parse).
+        ``tokens`` is a list, a tuple or a whitespace-separated string. Categorical values index
+        ``spec.categories``; see :attr:`feature_specs`. Pass ``tree`` to reuse a parse you
+        already have. Raises :class:`GrammarError` if ``tokens`` is not grammatical (features
+        are defined by its parse).
         """
+        tokens = _sentence_tokens(tokens)
         tree = tree if tree is not None else self.parse(tokens)
         if tree is None:
             raise GrammarError(
@@ -215,6 +245,25 @@ class Grammar:
 def _check_count(n: int, what: str) -> None:
     if not isinstance(n, (int, np.integer)) or isinstance(n, bool) or n < 1:
         raise GrammarError(f"{what} must be a positive integer (the number of sentences to draw), got {n!r}")
+
+
+def _sentence_tokens(sentence: Sentence) -> Sequence[str]:
+    """The tokens of a sentence: a list or tuple as is, a string split on whitespace; anything else
+    (ids, arrays, bytes, generators) is refused instead of silently giving False."""
+    if isinstance(sentence, str):
+        return sentence.split()
+    if not isinstance(sentence, (list, tuple)):
+        raise GrammarError(
+            "a sentence must be a list or tuple of token strings or a whitespace-separated string, "
+            f"got {type(sentence).__name__}; e.g. ['o0', 'c0'] or 'o0 c0'"
+        )
+    for i, token in enumerate(sentence):
+        if not isinstance(token, str):
+            raise GrammarError(
+                f"sentence token {i} is {token!r} of type {type(token).__name__}, not a string; "
+                "pass token strings (ids convert with tokenizer.convert_ids_to_tokens)"
+            )
+    return sentence
 
 
 _PROB_LINE = re.compile(r"\S")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -38,8 +39,8 @@ def load_grammar(name: str, max_length: int | None = PAPER_MAX_LENGTH) -> Gramma
     if name in _REGISTRY:
         return _REGISTRY[name](name, max_length)
     path = Path(name)
-    if path.suffix and path.is_file():
-        return Grammar.from_string(path.read_text(), name=path.stem, max_length=max_length)
+    if path.is_file() or os.sep in name or "/" in name:  # a path: a missing file is named as such
+        return Grammar.from_file(path, max_length=max_length)
     raise GrammarError(
         f"unknown grammar {name!r}; valid names are: {', '.join(_REGISTRY)} "
         "(or give the path of a PCFG text file, or use Grammar.from_string)"

@@ -24,9 +24,11 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shutil
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import datasets
@@ -41,7 +43,23 @@ from transformer_lens import HookedTransformer
 from formal_sae.activations import check_hook, iter_sentence_batches, padded_batch, run_from_hook, sentence_mask
 from formal_sae.data import column, dataset_metadata
 from formal_sae.errors import SAEError
-from formal_sae.saes.training import SAETrainConfig, build_training_sae, fit_sae, model_name_of, sae_hook_width, to_inference
+from formal_sae.saes import checkpoints
+from formal_sae.saes.evaluation import check_sae_fits, check_sae_model
+from formal_sae.saes.training import (
+    CHECKPOINT_DIR,
+    DEFAULT_CHECKPOINTS,
+    SAETrainConfig,
+    _is_int,
+    _is_positive,
+    _is_real,
+    build_training_sae,
+    fit_sae,
+    model_name_of,
+    sae_hook_width,
+    sae_output_dir,
+    sae_run_config,
+    to_inference,
+)
 from formal_sae.seeding import deterministic
 
 
@@ -77,8 +95,13 @@ class CausalConfig:
             raise SAEError(f"causal schedule must be 'constant' or 'linear', got {self.schedule!r}")
         if self.step != "random" and not (isinstance(self.step, (int, float)) and 0 <= float(self.step) <= 1):
             raise SAEError(f"causal step must be 'random' or a number in [0, 1], got {self.step!r}")
-        if self.coefficient < 0 or self.steps < 0 or self.pretrain_steps < 0 or self.sentences_per_step < 1:
-            raise SAEError("causal coefficient, steps and pretrain_steps must be >= 0 and sentences_per_step >= 1")
+        if not _is_real(self.coefficient) or not self.coefficient >= 0:  # 0 is a plain SAE; NaN fails ">= 0"
+            raise SAEError(f"causal coefficient must be >= 0, got {self.coefficient!r}")
+        for name, low in (("steps", 0), ("pretrain_steps", 0), ("sentences_per_step", 1)):
+            if not _is_int(getattr(self, name)) or getattr(self, name) < low:
+                raise SAEError(f"causal {name} must be >= {low} (an integer), got {getattr(self, name)!r}")
+        if self.finetune_lr is not None and not _is_positive(self.finetune_lr):
+            raise SAEError(f"finetune_lr must be > 0, got {self.finetune_lr!r}; leave it unset (None) for the default")
 
     def beta(self, step: int) -> float:
         return self.coefficient * (step / max(self.steps, 1) if self.schedule == "linear" else 1.0)
@@ -154,10 +177,14 @@ def held_out_causal_loss(
     distance: str = "mse",
     steps=(0.25, 0.5, 0.75),
     max_sentences: int | None = 500,
+    *,
+    allow_other_model: bool = False,
 ) -> float:
     """Mean causal loss (linearity error along latent interpolations) on held-out sentences, at
-    fixed steps s so that different SAEs are compared on the same footing."""
-    hook = sae.cfg.metadata.hook_name
+    fixed steps s so that different SAEs are compared on the same footing. An SAE trained on
+    another model is refused unless ``allow_other_model``."""
+    hook = check_sae_fits(model, sae)
+    check_sae_model(model, sae, allow_other_model)
     total, n = 0.0, 0
     for batch in iter_sentence_batches(model, dataset[split], hook, 64, max_sentences):
         tokens = batch.tokens.to(model.cfg.device)
@@ -175,18 +202,23 @@ def held_out_causal_loss(
 
 # ------------------------------------------------------------------------------ training
 def _sentence_batches(
-    split: datasets.Dataset, n: int, seed: int, pad_id: int, prompt_length: int
+    split: datasets.Dataset, n: int, seed: int, pad_id: int, prompt_length: int, start_step: int = 0
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Endless shuffled batches of ``n`` sentences: (padded tokens, sentence mask)."""
+    """Endless shuffled batches of ``n`` sentences: (padded tokens, sentence mask), from batch
+    ``start_step`` on (a resumed run sees the batches an uninterrupted one would)."""
     ids = column(split, "input_ids")
     lengths = torch.tensor(column(split, "length"))
     gen = torch.Generator().manual_seed(seed)
+    epoch, offset = divmod(start_step, len(ids) // n)
+    for _ in range(epoch):  # the skipped epochs' permutations are drawn all the same: they advance the generator
+        torch.randperm(len(ids), generator=gen)
     while True:
         perm = torch.randperm(len(ids), generator=gen).tolist()
-        for start in range(0, len(perm) - n + 1, n):
+        for start in range(offset * n, len(perm) - n + 1, n):
             rows = perm[start : start + n]
             tokens = padded_batch([ids[r] for r in rows], pad_id)
             yield tokens, sentence_mask(lengths[rows], prompt_length, tokens.shape[1])
+        offset = 0
 
 
 @deterministic()
@@ -197,6 +229,10 @@ def train_causal_sae(
     causal: CausalConfig | None = None,
     out_dir: str | os.PathLike | None = None,
     progress: bool = True,
+    *,
+    checkpoint_dir: str | os.PathLike | None = None,
+    n_checkpoints: int | None = None,
+    overwrite: bool = False,
     **overrides: Any,
 ) -> SAE:
     """Train an SAE with the paper's causal regulariser (default base: TopK, k=16, expansion 2).
@@ -207,8 +243,16 @@ def train_causal_sae(
         config: The base SAE's settings (any SAELens architecture or ``paper``); ``overrides``
             replace its fields.
         causal: The causal term's settings (:class:`CausalConfig`).
-        out_dir: Where to save the SAE (SAELens format, base architecture).
+        out_dir: Where to save the SAE (SAELens format, base architecture), built in
+            ``<out_dir>.in-progress`` with its checkpoints and moved into place when complete; an
+            interrupted run with the same settings resumes (:mod:`formal_sae.outputs`).
         progress: Show a progress bar of the causal phase.
+        checkpoint_dir, n_checkpoints: Save ``n_checkpoints`` crash-safe checkpoints in each phase (the
+            pretraining in ``checkpoint_dir/pretrain``, see :func:`~formal_sae.saes.training.fit_sae`; the
+            causal loop in ``checkpoint_dir/causal``), and resume from the latest one: the result is bitwise
+            that of an uninterrupted run. Default: inside the in-progress folder of ``out_dir``, with
+            :data:`~formal_sae.saes.training.DEFAULT_CHECKPOINTS` checkpoints (none without ``out_dir``).
+        overwrite: Replace an existing SAE in ``out_dir`` (only one formal-sae wrote).
     """
     config = dataclasses.replace(config or SAETrainConfig(architecture="topk", k=16, expansion_factor=2), **overrides)
     causal = causal or CausalConfig()
@@ -219,60 +263,105 @@ def train_causal_sae(
         raise SAEError(
             f"the train split has {len(dataset['train'])} sentences, fewer than sentences_per_step={causal.sentences_per_step}"
         )
+    if n_checkpoints is None:
+        n_checkpoints = DEFAULT_CHECKPOINTS if out_dir is not None or checkpoint_dir is not None else 0
+    with sae_output_dir(out_dir, sae_run_config(config, causal=causal.to_dict()), overwrite) as work:
+        if checkpoint_dir is None and work is not None:
+            checkpoint_dir = work / CHECKPOINT_DIR
+        inference = _train_causal(model, dataset, config, causal, work, progress, checkpoint_dir, n_checkpoints)
+        if work is not None:
+            shutil.rmtree(work / CHECKPOINT_DIR, ignore_errors=True)
+    return inference
+
+
+def _train_causal(
+    model, dataset, config: SAETrainConfig, causal: CausalConfig, out_dir, progress: bool, checkpoint_dir, n_checkpoints: int
+) -> SAE:
+    """The two phases of :func:`train_causal_sae`, checkpointed in ``checkpoint_dir``; the SAE is saved to ``out_dir``."""
     meta = dataset_metadata(dataset)
+    if n_checkpoints < 0 or (n_checkpoints and checkpoint_dir is None):
+        raise SAEError(f"n_checkpoints={n_checkpoints} needs to be >= 0 and a checkpoint_dir to save them in")
+    ckpt_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
+    current = checkpoints.settings(config, causal=causal.to_dict())
+    resume = checkpoints.latest(ckpt_dir / "causal", current) if ckpt_dir else None
     t0 = time.perf_counter()
-    if causal.pretrain_steps:
+    if resume:  # the checkpoint holds the pretrained (and partly fine-tuned) SAE
+        sae = build_training_sae(config, sae_hook_width(model, config.hook_name), model_name_of(model))
+        for k, v in resume[1]["metadata"].items():
+            sae.cfg.metadata[k] = v
+        checkpoints.remove(ckpt_dir / "pretrain")  # left by a kill just after the causal checkpoint was complete
+    elif causal.pretrain_steps:
         pre = dataclasses.replace(config, training_tokens=causal.pretrain_steps * config.batch_size_tokens)
-        sae, _ = fit_sae(model, dataset, pre)
-        lr = causal.finetune_lr if causal.finetune_lr is not None else config.lr / 10
+        pre_dir = ckpt_dir / "pretrain" if ckpt_dir else None
+        sae, _ = fit_sae(model, dataset, pre, checkpoint_dir=pre_dir, n_checkpoints=n_checkpoints)
     else:
         torch.manual_seed(config.seed)
         sae = build_training_sae(config, sae_hook_width(model, config.hook_name), model_name_of(model))
-        lr = causal.finetune_lr if causal.finetune_lr is not None else config.lr
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    for p in trainable:
-        p.requires_grad_(False)
+    lr = causal.finetune_lr if causal.finetune_lr is not None else config.lr / 10 if causal.pretrain_steps else config.lr
     optimizer = torch.optim.Adam(
         [p for p in sae.parameters() if p.requires_grad], lr=lr, betas=(config.adam_beta1, config.adam_beta2)
     )
+    gen = np.random.default_rng(config.seed)
+    start, seconds_before = 0, 0.0
+    if resume:
+        path, marker = resume
+        checkpoints.load_loop_checkpoint(path, sae, optimizer)
+        start, seconds_before = marker["step"], marker["seconds"]
+        gen.bit_generator.state = marker["numpy_rng"]
+    # metadata SAELens's trainer set on the pretrained SAE (the checkpoint restores it)
+    metadata = {k: sae.cfg.metadata[k] for k in ("l0", "num_dead_features") if k in sae.cfg.metadata}
+    saves = set(checkpoints.checkpoint_steps(causal.steps, n_checkpoints))
     coefficients = {k: v.value if isinstance(v, TrainCoefficientConfig) else v for k, v in sae.get_coefficients().items()}
     batches = _sentence_batches(
-        dataset["train"], causal.sentences_per_step, config.seed, model.tokenizer.pad_token_id, meta.prompt_length
+        dataset["train"], causal.sentences_per_step, config.seed, model.tokenizer.pad_token_id, meta.prompt_length, start
     )
-    gen = np.random.default_rng(config.seed)
     dead = torch.zeros(sae.cfg.d_sae, dtype=torch.bool)
-    bar = tqdm(range(causal.steps), disable=not progress, desc="causal SAE", dynamic_ncols=True)
+    bar = tqdm(
+        range(start, causal.steps), initial=start, total=causal.steps, disable=not progress, desc="causal SAE", dynamic_ncols=True
+    )
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    for p in trainable:
+        p.requires_grad_(False)
     sae.train()
-    for step in bar:
-        tokens, mask = next(batches)
-        tokens, mask = tokens.to(model.cfg.device), mask.to(model.cfg.device)
-        s = float(gen.uniform()) if causal.step == "random" else float(causal.step)
-        with torch.no_grad():
-            logits, cache = model.run_with_cache(tokens, names_filter=config.hook_name)
-        x = cache[config.hook_name]
-        base = sae.training_forward_pass(
-            TrainStepInput(
-                sae_in=x.reshape(*x.shape[:2], -1)[mask],
-                coefficients=coefficients,
-                dead_neuron_mask=dead,
-                n_training_steps=step,
-                is_logging_step=False,
+    try:
+        for step in bar:
+            tokens, mask = next(batches)
+            tokens, mask = tokens.to(model.cfg.device), mask.to(model.cfg.device)
+            s = float(gen.uniform()) if causal.step == "random" else float(causal.step)
+            with torch.no_grad():
+                logits, cache = model.run_with_cache(tokens, names_filter=config.hook_name)
+            x = cache[config.hook_name]
+            base = sae.training_forward_pass(
+                TrainStepInput(
+                    sae_in=x.reshape(*x.shape[:2], -1)[mask],
+                    coefficients=coefficients,
+                    dead_neuron_mask=dead,
+                    n_training_steps=step,
+                    is_logging_step=False,
+                )
             )
-        )
-        beta = causal.beta(step)
-        caus, _ = (
-            causal_loss(model, sae, config.hook_name, tokens, mask, s, causal.distance, clean=(x, logits))
-            if beta
-            else (base.loss.new_zeros(()), None)
-        )
-        loss = base.loss + beta * caus
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(sae.parameters(), 1.0)  # as SAELens's SAETrainer
-        optimizer.step()
-        bar.set_postfix(mse=f"{base.losses['mse_loss'].item():.3g}", causal=f"{caus.item():.3g}", beta=f"{beta:.2g}")
-    for p in trainable:  # the model is frozen during training only
-        p.requires_grad_(True)
+            beta = causal.beta(step)
+            caus, _ = (
+                causal_loss(model, sae, config.hook_name, tokens, mask, s, causal.distance, clean=(x, logits))
+                if beta
+                else (base.loss.new_zeros(()), None)
+            )
+            loss = base.loss + beta * caus
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(sae.parameters(), 1.0)  # as SAELens's SAETrainer
+            optimizer.step()
+            bar.set_postfix(mse=f"{base.losses['mse_loss'].item():.3g}", causal=f"{caus.item():.3g}", beta=f"{beta:.2g}")
+            if step + 1 in saves:
+                state = {"numpy_rng": gen.bit_generator.state, "metadata": metadata}
+                seconds = seconds_before + time.perf_counter() - t0
+                checkpoints.save_loop_checkpoint(
+                    ckpt_dir / "causal", step + 1, sae, optimizer, {"settings": current, "seconds": seconds, **state}
+                )
+                checkpoints.remove(ckpt_dir / "pretrain")  # superseded: the SAE it pretrained is in this checkpoint
+    finally:
+        for p in trainable:  # the model is frozen during training only
+            p.requires_grad_(True)
     inference = to_inference(sae, model, dataset, config, out_dir, extra={"causal": causal.to_dict()})
-    inference.formal_sae_train_seconds = time.perf_counter() - t0
+    inference.formal_sae_train_seconds = seconds_before + time.perf_counter() - t0
     return inference

@@ -33,7 +33,8 @@ from formal_sae.activations import iter_sentence_batches
 from formal_sae.data import dataset_metadata, grammar_of
 from formal_sae.errors import SAEError
 from formal_sae.generation import evaluate_validity
-from formal_sae.saes.training import flush_denormals, sae_hook_width
+from formal_sae.models import model_fingerprint
+from formal_sae.saes.training import flush_denormals, model_name_of, sae_hook_width
 
 
 def check_sae_fits(model: HookedTransformer, sae: SAE) -> str:
@@ -45,6 +46,28 @@ def check_sae_fits(model: HookedTransformer, sae: SAE) -> str:
     if width != sae.cfg.d_in:
         raise SAEError(f"the SAE has d_in={sae.cfg.d_in} but the model's {hook} has width {width}: they do not fit")
     return hook
+
+
+def check_sae_model(model: HookedTransformer, sae: SAE, allow_other_model: bool = False) -> None:
+    """Refuse an SAE trained on another model than ``model``: a model of the same width runs it
+    without error but every result is meaningless.
+
+    formal-sae stores the fingerprint of the training model's weights in the SAE's metadata
+    (``sae.cfg.metadata.model_fingerprint``, :func:`formal_sae.model_fingerprint`); SAEs without one
+    (trained with plain SAELens, or before formal-sae stored it) are accepted. ``allow_other_model``
+    lets a deliberate transfer through. Costs one hash of the weights (about 1.5 ms for the paper
+    preset on a CPU).
+    """
+    expected = sae.cfg.metadata.get("model_fingerprint")
+    if allow_other_model or not expected:
+        return
+    actual = model_fingerprint(model)
+    if actual != expected:
+        raise SAEError(
+            f"SAE {sae.cfg.metadata.hook_name or '(no hook)'} was trained on model {sae.cfg.metadata.model_name or '(unnamed)'} "
+            f"(fingerprint {expected[:12]}...), not this model ({model_name_of(model)}, {actual[:12]}...); "
+            "pass allow_other_model=True (--allow-other-model) if this is deliberate"
+        )
 
 
 def with_splice(sae: SAE, splice: str) -> SAE:
@@ -72,9 +95,15 @@ def evaluate_sae(
     repeats: int = 5,
     seed: int = 0,
     batch_size: int = 128,
+    *,
+    allow_other_model: bool = False,
 ) -> dict[str, Any]:
-    """All metrics of an SAE on ``dataset[split]``; see the module docstring for definitions."""
+    """All metrics of an SAE on ``dataset[split]``; see the module docstring for definitions.
+
+    An SAE trained on another model is refused unless ``allow_other_model`` (:func:`check_sae_model`).
+    """
     hook = check_sae_fits(model, sae)
+    check_sae_model(model, sae, allow_other_model)
     if split not in dataset or len(dataset[split]) == 0:
         raise SAEError(f"the dataset has no sentences in split {split!r}")
     sae = with_splice(sae, splice)

@@ -28,7 +28,6 @@ import contextlib
 import csv
 import dataclasses
 import functools
-import hashlib
 import io
 import itertools
 import json
@@ -36,6 +35,7 @@ import math
 import multiprocessing
 import os
 import re
+import shutil
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -53,6 +53,8 @@ from formal_sae.activations import DEFAULT_HOOK
 from formal_sae.data import dataset_metadata
 from formal_sae.errors import FormalSAEError, SAEError
 from formal_sae.io import atomic_write_bytes, atomic_write_text, read_json, to_jsonable, write_json
+from formal_sae.models import model_fingerprint
+from formal_sae.outputs import check_output, in_progress_path, output_dir
 from formal_sae.saes.evaluation import evaluate_sae
 from formal_sae.saes.training import (
     PAPER,
@@ -409,18 +411,6 @@ def _canonical(obj: Any) -> Any:
     return json.loads(json.dumps(to_jsonable(obj), sort_keys=True))
 
 
-def model_fingerprint(model) -> str:
-    """SHA-256 of a model's weights (names, shapes and values), to recognise it across runs."""
-    h = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
-        if name.endswith((".IGNORE", ".mask")):
-            continue
-        t = tensor.detach().to("cpu").contiguous()
-        h.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
-        h.update(t.numpy().tobytes() if t.dtype != torch.bfloat16 else t.float().numpy().tobytes())
-    return h.hexdigest()
-
-
 def _manifest(grid: SweepGrid, evaluation: dict[str, Any] | None, model, dataset) -> dict[str, Any]:
     meta = dataset_metadata(dataset)
     return {
@@ -433,14 +423,16 @@ def _manifest(grid: SweepGrid, evaluation: dict[str, Any] | None, model, dataset
 
 
 def _check_manifest(out: Path, new: dict[str, Any]) -> None:
-    """Refuse to run in a directory that holds another sweep (grid, evaluation, model or data)."""
+    """Refuse to resume an interrupted sweep in ``out`` of another grid, evaluation, model or data."""
     path = out / GRID_FILE
     if not path.exists():
         return
     try:
         old = read_json(path, what="sweep grid file")
     except FormalSAEError as e:
-        raise SAEError(f"{e}; {out} holds a broken sweep: delete it or choose another output directory") from None
+        raise SAEError(
+            f"{e}; {out} holds a broken sweep: pass overwrite=True (--overwrite) to discard it, or choose another output directory"
+        ) from None
     if not isinstance(old, dict) or old.get("format") != MANIFEST_FORMAT or "grid" not in old:
         raise SAEError(f"{path} is not a formal-sae sweep file; choose another output directory")
     problems = []
@@ -466,7 +458,8 @@ def _check_manifest(out: Path, new: dict[str, Any]) -> None:
         problems.append(f"it was run on another dataset ({old.get('dataset')})")
     if problems:
         raise SAEError(
-            f"{out} holds a different sweep: {'; '.join(problems)}. Use another output directory, or delete {out} to start over"
+            f"{out} holds a different sweep: {'; '.join(problems)}. Use another output directory, or pass overwrite=True "
+            "(--overwrite) to discard it"
         )
 
 
@@ -547,21 +540,28 @@ def sweep(
     progress: bool = True,
     plots: bool = True,
     workers: int = 1,
+    overwrite: bool = False,
 ) -> list[dict[str, Any]]:
     """Train, save and evaluate every SAE of a grid on one model, sharing activations.
+
+    The sweep is built in ``<out_dir>.in-progress`` and moved to ``out_dir`` when every cell is
+    done (:mod:`formal_sae.outputs`); an interrupted sweep resumes from its finished cells when
+    run again with the same grid, evaluation, model and data.
 
     Args:
         model: A formal-sae model (``HookedSAETransformer``).
         dataset: Its dataset: ``train`` feeds the SAEs, ``test`` (by default) evaluates them.
         grid: A :class:`SweepGrid`, a dict for :func:`grid_from_dict`, a built-in name
             (``"paper"``, ``"paper-small"``; sized to the model's width) or a JSON grid path.
-        out_dir: Output directory (see the module docstring for its layout).
+        out_dir: Output directory (see the module docstring for its layout); an existing one is
+            refused unless ``overwrite``.
         evaluate_kwargs: Overrides of :data:`DEFAULT_EVALUATION` (``n_samples``, ``repeats``,
             ``max_sentences``, ``splice``, ``validity``, ``split``, ``seed``, ``batch_size``).
         evaluate: False trains and saves the SAEs only (no metrics but the training time).
-        resume: Skip cells whose ``metrics.json`` exists (False retrains every cell).
+        resume: Skip the cells an interrupted run finished (False retrains every cell).
         progress: Show a progress bar over cells (SAELens's per-SAE bar is hidden).
         plots: Write the validity heat maps.
+        overwrite: Replace an existing sweep in ``out_dir`` (only one formal-sae wrote).
         workers: Cells trained and evaluated at once, each in a worker process forked from this
             one with one torch thread (they share the activation cache without copying it;
             CPU only). 1 (the default) runs the cells here, on all of torch's threads. Small
@@ -576,23 +576,41 @@ def sweep(
         (as in ``results.json``).
 
     Raises:
-        SAEError: ``out_dir`` holds another sweep, a cell does not fit the model, or a setting
-            is invalid. Nothing is trained in those cases.
+        SAEError: an interrupted sweep of another grid waits in ``<out_dir>.in-progress``, a
+            cell does not fit the model, or a setting is invalid. Nothing is trained in those cases.
+        OutputError: ``out_dir`` exists (see :mod:`formal_sae.outputs`).
     """
     grid = resolve_grid(grid, model)
     evaluation = _check_evaluation(evaluate_kwargs) if evaluate else None
     _check_workers(workers, model, grid)
     out = Path(out_dir)
     manifest = _manifest(grid, evaluation, model, dataset)
-    _check_manifest(out, manifest)
+    check_output(out, "sweep", overwrite)
+    if not overwrite:
+        _check_manifest(in_progress_path(out), manifest)
     _preflight(model, dataset, grid, evaluation)
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(out / GRID_FILE, manifest)
+    with output_dir(out, "sweep", manifest, overwrite=overwrite, resumable=True) as work:
+        write_json(work / GRID_FILE, manifest)
+        rows = _sweep_into(work, model, dataset, grid, manifest, evaluation, resume, progress, plots, workers)
+    return rows
 
+
+def _sweep_into(
+    work: Path,
+    model,
+    dataset,
+    grid: SweepGrid,
+    manifest: dict[str, Any],
+    evaluation,
+    resume: bool,
+    progress: bool,
+    plots: bool,
+    workers: int,
+) -> list[dict[str, Any]]:
     records: dict[str, dict[str, Any]] = {}
     if resume:
         for cell in grid.cells:
-            record = _finished(out / CELLS_DIR / cell.id, cell)
+            record = _finished(work / CELLS_DIR / cell.id, cell)
             if record is not None:
                 records[cell.id] = record
     todo = [c for c in grid.cells if c.id not in records]
@@ -601,16 +619,16 @@ def sweep(
         for hook in dict.fromkeys(c.config.hook_name for c in todo):  # the model runs once per hook
             cells = [c for c in todo if c.config.hook_name == hook]
             acts = cache_activations(model, dataset, hook, max(c.config.training_tokens for c in cells))
-            for record in _run_cells(model, dataset, cells, acts, out, evaluation, workers):
+            for record in _run_cells(model, dataset, cells, acts, work, evaluation, workers):
                 records[record["cell_id"]] = record
                 rows = [_row(c, records[c.id]) for c in grid.cells if c.id in records]
-                write_results(out, rows, grid, manifest, plots=False)
+                write_results(work, rows, grid, manifest, plots=False)
                 bar.set_postfix_str(f"last: {record['cell_id']}")
                 bar.update(1)
             del acts
     bar.close()
     rows = [_row(c, records[c.id]) for c in grid.cells]
-    write_results(out, rows, grid, manifest, plots=plots)
+    write_results(work, rows, grid, manifest, plots=plots)
     return rows
 
 
@@ -620,7 +638,10 @@ def _run_cell(
     """Train, save and (if ``evaluation``) evaluate one cell into ``out/cells/<id>``; its record."""
     cell_dir = out / CELLS_DIR / cell.id
     t0 = time.perf_counter()
-    sae = train_sae(model, dataset, cell.config, activations=acts, out_dir=cell_dir)
+    # A cell is redone whole (no checkpoints: cells are short). Whatever an interrupted attempt
+    # left in its folder (an SAE without metrics, a damaged metrics.json) is the sweep's own.
+    shutil.rmtree(cell_dir, ignore_errors=True)
+    sae = train_sae(model, dataset, cell.config, activations=acts, out_dir=cell_dir, n_checkpoints=0)
     train_wall = time.perf_counter() - t0
     record: dict[str, Any] = {
         "cell_id": cell.id,
