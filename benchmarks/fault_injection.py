@@ -21,7 +21,8 @@ imports and reads, and after the span it only exits); ``--window whole`` draws f
 wall time instead. A fraction ``--at-commit``
 of the kills instead comes as soon as ``<out>.in-progress`` is marked complete, into the milliseconds in
 which the artifact is moved into place (and, with ``--overwrite``, the previous one deleted), which random
-moments almost never hit. Subprocesses run with one torch thread, so that resumed runs are bitwise reproducible.
+moments almost never hit. Subprocesses run with one torch thread, so that resumed runs are bitwise reproducible, and import a copy of
+``formal_sae`` taken at the start (edits to the working tree during the suite cannot mix versions).
 
 Prints a markdown table (stdout; progress on stderr) and exits 1 on any mismatch, damage, partial output,
 leftover or failed run. Usage:
@@ -116,10 +117,18 @@ def needs(command: str) -> tuple[str, ...]:
 
 # ---------------------------------------------------------------------------- launching
 class ExecLauncher:
-    """Runs ``python -m formal_sae.cli`` in a new session: the real command, imports included."""
+    """Runs ``python -m formal_sae.cli`` in a new session: the real command, imports included.
 
-    def __init__(self) -> None:
+    With ``copy_to`` (a folder), every run imports a copy of the ``formal_sae`` package made there
+    first, so that edits to the working tree during a long suite cannot mix versions."""
+
+    def __init__(self, copy_to: Path | None = None) -> None:
         self.env = {**os.environ, **CHILD_ENV}
+        if copy_to is not None:
+            source = Path(__file__).resolve().parents[1] / "formal_sae"
+            shutil.rmtree(copy_to, ignore_errors=True)
+            shutil.copytree(source, copy_to / "formal_sae", ignore=shutil.ignore_patterns("__pycache__"))
+            self.env["PYTHONPATH"] = os.pathsep.join([str(copy_to), *filter(None, [os.environ.get("PYTHONPATH")])])
 
     def start(self, args: list[str], log_path: Path):
         with open(log_path, "wb") as f:
@@ -563,7 +572,8 @@ def run_suite(
 ) -> list[Tally]:
     """The whole suite: for each command its references, an uninterrupted rerun, and ``kills`` kill trials
     (every other one with ``--overwrite`` onto an artifact of another seed)."""
-    suite = Suite(workdir, launcher or ExecLauncher(), random.Random(seed), small, window, at_commit)
+    launcher = launcher or ExecLauncher(workdir / "formal_sae-snapshot")
+    suite = Suite(workdir, launcher, random.Random(seed), small, window, at_commit)
     tallies = []
     for command in commands:
         tally = Tally(command)

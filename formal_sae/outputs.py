@@ -196,7 +196,9 @@ def _start(out: Path, kind: str, config: Any, overwrite: bool, resumable: bool) 
         marker = read_marker(work)
         if marker is None or marker.get("complete") is not False:
             raise OutputError(
-                f"{work} exists but formal-sae did not write it (no {MARKER_FILE}); move it away or choose another output directory"
+                f"{work} exists but its marker {work / MARKER_FILE} is missing or damaged, so formal-sae cannot tell that it "
+                "wrote it; move the folder away (delete it if it is an interrupted run you no longer need) or choose another "
+                "output directory"
             )
         same = marker.get("kind") == kind and marker.get("config") == _canonical(config)
         if resumable and same:

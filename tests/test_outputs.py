@@ -201,7 +201,7 @@ def test_a_stray_in_progress_folder_that_is_not_ours_is_refused(tmp_path):
     stray.mkdir()
     (stray / "user.txt").write_text("mine")
     with (
-        pytest.raises(OutputError, match="formal-sae did not write it"),
+        pytest.raises(OutputError, match=r"marker .*formal_sae_artifact.json is missing or damaged"),
         output_dir(tmp_path / "art", "test", {}, overwrite=True),
     ):
         pass
