@@ -10,9 +10,10 @@ plain one (the matched baseline: same data, batches, optimiser, learning rates a
 Both are measured on the same held-out sentences with ``compare_saes``: held-out causal loss
 (fixed s in {0.25, 0.5, 0.75}), reconstruction (MSE per token summed over dimensions, explained
 variance), L0, dead latents, CE-loss score, validity (``--n-samples`` x ``--repeats``, seed 0),
-and ``predictability_error`` (deviation from linearity of the grammar-class distribution when
-clamping the best latents of the most correlated features across their range). Prints a markdown
-table (stdout; progress goes to stderr).
+and ``linearity_error`` (on held-out token pairs drawn once, without either SAE: the distance
+between the output at interpolated latents and the interpolation of the outputs, over the distance
+between the endpoint outputs; see ``formal_sae.saes.causal_metrics``). Prints a markdown table
+(stdout; progress goes to stderr).
 
 Usage: ``python benchmarks/bench_causal.py [--grammars expr,english,dyck2] [--model-dir TEMPLATE]
 [--quick]``. ``--model-dir`` is a path with ``{grammar}``: a model found there is reused, else one
@@ -76,7 +77,7 @@ def run_grammar(grammar: str, args, workdir: Path) -> list[dict]:
 def table(rows: list[dict]) -> list[str]:
     lines = [
         "| language | SAE | held-out causal loss | vs plain | MSE | explained var. | L0 | dead | CE score "
-        "| validity (model alone) | predictability error | train s |",
+        "| validity (model alone) | linearity error | train s |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     plain = {r["grammar"]: r for r in rows if r["name"].startswith("plain")}
@@ -86,7 +87,7 @@ def table(rows: list[dict]) -> list[str]:
             f"| {r['grammar']} | {r['name']} | {r['causal_loss']:.4g} | {rel:+.1%} | {r['mse']:.4g} "
             f"| {r['explained_variance']:.3f} | {r['l0']:.1f} | {r['dead_fraction']:.2f} | {r['ce_loss_score']:.3f} "
             f"| {r['validity']:.3f} ± {r['validity_std']:.3f} ({r['base_validity']:.3f}) "
-            f"| {r['predictability_error']:.3g} | {r['train_seconds']:.0f} |"
+            f"| {'–' if r['linearity_error'] is None else format(r['linearity_error'], '.3g')} | {r['train_seconds']:.0f} |"
         )
     return lines
 

@@ -123,8 +123,9 @@ class ExecLauncher:
     first, so that edits to the working tree during a long suite cannot mix versions."""
 
     def __init__(self, copy_to: Path | None = None) -> None:
-        self.env = {**os.environ, **CHILD_ENV}
+        self.env, self.cwd = {**os.environ, **CHILD_ENV}, None
         if copy_to is not None:
+            self.cwd = copy_to  # python -m puts the working directory first on sys.path, before PYTHONPATH
             source = Path(__file__).resolve().parents[1] / "formal_sae"
             shutil.rmtree(copy_to, ignore_errors=True)
             shutil.copytree(source, copy_to / "formal_sae", ignore=shutil.ignore_patterns("__pycache__"))
@@ -132,12 +133,9 @@ class ExecLauncher:
 
     def start(self, args: list[str], log_path: Path):
         with open(log_path, "wb") as f:
+            command = [sys.executable, "-m", "formal_sae.cli", *args]
             return subprocess.Popen(
-                [sys.executable, "-m", "formal_sae.cli", *args],
-                stdout=f,
-                stderr=subprocess.STDOUT,
-                env=self.env,
-                start_new_session=True,
+                command, stdout=f, stderr=subprocess.STDOUT, env=self.env, cwd=self.cwd, start_new_session=True
             )
 
 
@@ -576,14 +574,19 @@ def run_suite(
     suite = Suite(workdir, launcher, random.Random(seed), small, window, at_commit)
     tallies = []
     for command in commands:
-        tally = Tally(command)
+        tally, runs, check = Tally(command), kills, baseline
         t0 = time.perf_counter()
-        suite.reference(command)
-        if kills > 1:
-            suite.reference(command, 1)
-        if baseline:
+        try:
+            suite.reference(command)
+            if kills > 1:
+                suite.reference(command, 1)
+        except RuntimeError as e:  # the command fails without any kill: nothing to inject faults into
+            tally.failed_runs += 1
+            tally.problems.append(str(e))
+            runs, check = 0, False
+        if check:
             suite.baseline(command, tally)
-        for i in range(kills):
+        for i in range(runs):
             suite.trial(command, i, overwrite=i % 2 == 1, tally=tally)
             log(f"[{command}] trial {i + 1}/{kills}: {tally.kills} kills so far, {'ok' if tally.ok else 'PROBLEMS'}")
         tally.seconds = time.perf_counter() - t0

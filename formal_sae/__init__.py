@@ -5,6 +5,7 @@ interventions.
 """
 
 from formal_sae.analysis import AnalysisReport, analyze
+from formal_sae.analysis.causal_report import CausalReport, causal_report
 from formal_sae.comparison import SAEComparison, compare_saes
 from formal_sae.data import (
     PAPER_PROMPT,
@@ -34,9 +35,7 @@ from formal_sae.grammars import (
     load_grammar,
 )
 from formal_sae.interventions import (
-    CausalReport,
     Intervention,
-    causal_report,
     compare_generations,
     next_token_effects,
     single_latent_effects,

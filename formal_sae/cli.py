@@ -395,7 +395,8 @@ def _reproduce(args: argparse.Namespace) -> None:
     claims = reproduce(args.out, args.grammar, args.scale, seed=args.seed, device=args.device, overwrite=args.overwrite)
     print(f"wrote {args.out}/report.md and {args.out}/claims.json")
     for name, claim in claims.items():
-        print(f"  {name}: {'supported' if claim['supported'] else 'not supported'} - {claim['evidence']}")
+        per_language = ", ".join(f"{g} {v.verdict}" for g, v in claim.languages.items())
+        print(f"  {name}: {claim.overall.verdict} ({per_language})")
 
 
 def _add_reproduce(sub: argparse._SubParsersAction) -> None:

@@ -1,12 +1,12 @@
 """Side-by-side comparison of SAEs on one model and dataset (e.g. a causal SAE vs a plain one).
 
 For each SAE: reconstruction and downstream metrics (``evaluate_sae``), the held-out causal loss
-(linearity error along latent interpolations), the analysis summary (does the correlation
-structure survive?), and the *predictability* of interventions: for the best latent of each of
-the most-correlated features, the latent is clamped at 0, 1/4, ..., 1 of its observed range and
-the next-token distribution over grammar classes is measured; predictability error is the mean
-squared deviation of that curve from the straight line between its end points (0 = perfectly
-predictable, linear effect). Lower causal loss and predictability error are better.
+(nearest-neighbour pairs, as in training), the analysis summary (does the correlation structure
+survive?), and the *linearity error* along latent interpolations on held-out token pairs drawn
+once, without any SAE, and shared by all the SAEs compared
+(:func:`~formal_sae.saes.causal_metrics.interpolation_metrics`): the distance between the output
+at interpolated latents and the interpolation of the outputs, divided by the distance between the
+two endpoint outputs (scale-free; 0 = g is affine along the segment). Lower is better for both.
 """
 
 from __future__ import annotations
@@ -16,18 +16,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from formal_sae.analysis import analyze
 from formal_sae.errors import SAEError
-from formal_sae.interventions import Intervention, next_token_effects
 from formal_sae.io import atomic_write_text, read_json, write_json
 from formal_sae.outputs import output_dir
 from formal_sae.saes import check_sae_fits, check_sae_model, evaluate_sae, load_sae
 from formal_sae.saes.causal import held_out_causal_loss
+from formal_sae.saes.causal_metrics import held_out_pairs, interpolation_metrics
 from formal_sae.saes.training import TRAIN_CONFIG_FILE
 
-CLAMP_FRACTIONS = (0.0, 0.25, 0.5, 0.75, 1.0)
 COLUMNS = (
     "explained_variance",
     "mse",
@@ -38,33 +35,8 @@ COLUMNS = (
     "causal_loss",
     "coverage",
     "mcc",
-    "predictability_error",
+    "linearity_error",
 )
-
-
-def predictability_error(
-    model, sae, dataset, latents: list[int], max_sentences: int = 100, *, allow_other_model: bool = False
-) -> float:
-    """Mean deviation from linearity of the class distribution when clamping each latent across its range."""
-    check_sae_model(model, sae, allow_other_model)  # once: the clamps below run with allow_other_model=True
-    errors = []
-    for j in latents:
-        curve = np.array(
-            [
-                next_token_effects(
-                    model,
-                    sae,
-                    dataset,
-                    Intervention("clamp", [j], f, relative=True),
-                    max_sentences=max_sentences,
-                    allow_other_model=True,
-                )["class_prob_intervened"]
-                for f in CLAMP_FRACTIONS
-            ]
-        )
-        line = np.array([(1 - f) * curve[0] + f * curve[-1] for f in CLAMP_FRACTIONS])
-        errors.append(float(((curve - line) ** 2).sum(axis=1).mean()))
-    return float(np.mean(errors)) if errors else float("nan")
 
 
 @dataclass
@@ -99,7 +71,7 @@ class SAEComparison:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
-        shown = ("causal_loss", "predictability_error", "explained_variance", "validity")
+        shown = ("causal_loss", "linearity_error", "explained_variance", "validity")
         fig, axes = plt.subplots(1, len(shown), figsize=(3.0 * len(shown), 3.0))
         names = [r["name"] for r in self.rows]
         for ax, col in zip(axes, shown, strict=True):
@@ -122,12 +94,15 @@ def compare_saes(
     names: list[str] | None = None,
     n_samples: int = 128,
     repeats: int = 3,
-    n_latents: int = 3,
     max_sentences: int = 200,
+    n_pairs: int = 1000,
     *,
     allow_other_model: bool = False,
 ) -> SAEComparison:
     """Compare SAEs (objects or SAE directories) on the same model and dataset; see the module docstring.
+
+    ``n_pairs`` held-out token pairs are drawn (seed 0) from a seeded sample of
+    ``max_sentences`` test sentences, once for all the SAEs.
 
     Every SAE is checked first, before any work: one trained on another model is refused unless
     ``allow_other_model`` (:func:`~formal_sae.saes.check_sae_model`).
@@ -143,6 +118,7 @@ def compare_saes(
             check_sae_model(model, sae, allow_other_model)
         except SAEError as e:
             raise SAEError(f"{name}: {e}") from None
+    pairs = held_out_pairs(model, dataset, n_pairs=n_pairs, max_sentences=max_sentences)  # one draw: every SAE, same pairs
     rows = []
     for item, sae, name in zip(saes, loaded, labels, strict=True):
         row: dict[str, Any] = {"name": name, "architecture": sae.cfg.architecture(), "d_sae": sae.cfg.d_sae}
@@ -157,11 +133,7 @@ def compare_saes(
         row["causal_loss"] = held_out_causal_loss(model, sae, dataset, max_sentences=max_sentences, allow_other_model=True)
         report = analyze(model, sae, dataset, max_sentences=max_sentences, allow_other_model=True)
         row.update(coverage=report.summary["coverage"], mcc=report.summary["mcc"])
-        ranked = sorted(report.targets.values(), key=lambda t: -abs(t["pearson"] or 0))
-        latents = list(dict.fromkeys(t["best_latent"] for t in ranked))[:n_latents]
-        row["predictability_latents"] = latents
-        row["predictability_error"] = predictability_error(
-            model, sae, dataset, latents, max_sentences=min(max_sentences, 100), allow_other_model=True
-        )
+        interp = interpolation_metrics(model, sae, dataset, pairs, allow_other_model=True)
+        row.update(linearity_error=interp.linearity_error, linearity_pairs=interp.n_pairs - interp.n_dropped)
         rows.append(row)
     return SAEComparison(rows)

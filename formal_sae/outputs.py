@@ -194,15 +194,19 @@ def _start(out: Path, kind: str, config: Any, overwrite: bool, resumable: bool) 
     work = in_progress_path(out)
     if work.exists():
         marker = read_marker(work)
-        if marker is None or marker.get("complete") is not False:
+        if marker is None:
             raise OutputError(
                 f"{work} exists but its marker {work / MARKER_FILE} is missing or damaged, so formal-sae cannot tell that it "
                 "wrote it; move the folder away (delete it if it is an interrupted run you no longer need) or choose another "
                 "output directory"
             )
+        # A complete marker here means a kill between completing the artifact and moving it into
+        # place: it is treated like any interrupted run of its configuration.
         same = marker.get("kind") == kind and marker.get("config") == _canonical(config)
         if resumable and same:
             _remove_temporaries(work)
+            if marker.get("complete") is not False:
+                _write_marker(work, kind, config, complete=False)
             return work  # resume the interrupted run
         if resumable and not overwrite:
             diffs = config_differences(marker.get("config"), _canonical(config))
@@ -212,7 +216,7 @@ def _start(out: Path, kind: str, config: Any, overwrite: bool, resumable: bool) 
                 f"{work} holds an interrupted run with another configuration; it differs in {', '.join(diffs)}. "
                 "Rerun with the same settings to resume it, pass overwrite=True (--overwrite) to discard it, or choose another output directory"
             )
-        shutil.rmtree(work)  # ours, and not resumable (or discarded on request)
+        _remove(work)  # ours, and not resumable (or discarded on request)
     work.mkdir(parents=True)
     _write_marker(work, kind, config, complete=False)
     return work
@@ -242,22 +246,32 @@ def _commit(work: Path, out: Path) -> None:
     if not out.exists() or (out.is_dir() and not any(out.iterdir())):
         os.replace(work, out)  # onto nothing or an empty folder: one rename
         return
-    if _exchange(work, out):
-        shutil.rmtree(work)  # now holds the previous artifact
-        return
     replaced = out.parent / f"{out.name}{REPLACED_SUFFIX}"
-    os.replace(out, replaced)
-    os.replace(work, out)
-    shutil.rmtree(replaced)
+    if _exchange(work, out):
+        os.replace(work, replaced)  # the previous artifact, out of the in-progress name before it is deleted
+    else:
+        os.replace(out, replaced)
+        os.replace(work, out)
+    _remove(replaced)
+
+
+def _remove(directory: Path) -> None:
+    """Delete a folder formal-sae wrote, its marker last: a kill half-way leaves a folder that is
+    still recognisably formal-sae's, so the next run finishes the job instead of refusing it."""
+    for child in directory.iterdir():
+        if child.name != MARKER_FILE:
+            shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
+    (directory / MARKER_FILE).unlink(missing_ok=True)
+    directory.rmdir()
 
 
 def _recover(out: Path) -> None:
-    """Finish a replacement that was interrupted between its two renames (see :func:`_commit`)."""
+    """Finish a replacement that was interrupted (see :func:`_commit`)."""
     replaced = out.parent / f"{out.name}{REPLACED_SUFFIX}"
     if not replaced.is_dir() or read_marker(replaced) is None:
         return
     if out.exists():
-        shutil.rmtree(replaced)  # the new artifact is in place: the old one was being deleted
+        _remove(replaced)  # the new artifact is in place: the old one was being deleted
     else:
         os.replace(replaced, out)  # put the previous artifact back; the in-progress run stays resumable
 
@@ -293,7 +307,8 @@ def output_dir(
         yield work
     except BaseException:
         if _files(work) == [MARKER_FILE] or not resumable:
-            shutil.rmtree(work, ignore_errors=True)
+            with contextlib.suppress(OSError):
+                _remove(work)
         raise
     _remove_temporaries(work)
     _write_marker(work, kind, config, complete=True)

@@ -14,12 +14,12 @@ import torch
 
 import formal_sae
 from formal_sae.cli import build_parser, main
-from formal_sae.comparison import predictability_error
 from formal_sae.errors import GrammarError, ModelError, SAEError
 from formal_sae.interventions import Intervention, single_latent_effects
 from formal_sae.reproduce import SCALES
 from formal_sae.saes import check_sae_model, evaluate_sae, load_sae, train_sae
 from formal_sae.saes.causal import CausalConfig
+from formal_sae.saes.causal_metrics import effect_predictability, held_out_pairs, interpolation_metrics
 from formal_sae.saes.training import TRAIN_CONFIG_FILE, SAETrainConfig
 from formal_sae.training import TrainConfig, lr_at
 
@@ -131,7 +131,10 @@ ENTRY_POINTS = {
     ),
     "compare_saes": lambda m, s, d, **kw: formal_sae.compare_saes(m, d, [s], n_samples=2, repeats=1, max_sentences=5, **kw),
     "held_out_causal_loss": lambda m, s, d, **kw: formal_sae.held_out_causal_loss(m, s, d, max_sentences=5, **kw),
-    "predictability_error": lambda m, s, d, **kw: predictability_error(m, s, d, [0], max_sentences=5, **kw),
+    "interpolation_metrics": lambda m, s, d, **kw: interpolation_metrics(
+        m, s, d, held_out_pairs(m, d, n_pairs=4, max_sentences=5), **kw
+    ),
+    "effect_predictability": lambda m, s, d, **kw: effect_predictability(m, s, d, {"f": 0}, max_sentences=5, **kw),
 }
 
 

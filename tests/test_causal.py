@@ -406,7 +406,8 @@ def test_cli_trains_a_causal_sae_and_compares_it(cli_dirs, model, ds, capsys):
     assert rows[0]["causal"]["coefficient"] == 10.0 and rows[1].get("causal") is None
     assert rows[0]["causal_loss"] == pytest.approx(metrics["causal_loss"], rel=1e-6)  # same test split, same SAE
     for r in rows:
-        assert r["causal_loss"] > 0 and r["predictability_error"] >= 0 and 0 <= r["validity"] <= 1
+        assert r["causal_loss"] > 0 and r["linearity_error"] > 0 and 0 <= r["validity"] <= 1
+        assert r["linearity_pairs"] > 0
     assert "| causal | 10.0 |" in (out / "comparison.md").read_text()
 
 

@@ -120,3 +120,39 @@ def absorption_gap(fires: np.ndarray, parent: np.ndarray, child: np.ndarray) -> 
     p_only = float(fires[only_parent].mean()) if only_parent.any() else float("nan")
     p_both = float(fires[both].mean()) if both.any() else float("nan")
     return p_only - p_both, p_only, p_both
+
+
+def bootstrap_abs_pearson(
+    latents: np.ndarray, target: np.ndarray, groups: np.ndarray, n_boot: int = 1000, confidence: float = 0.95, seed: int = 0
+) -> tuple[float, float, float]:
+    """Mean over columns of ``latents`` (``[n_tokens, n_seeds]``: the same feature's latent in
+    several SAEs) of |Pearson| with ``target``, and its percentile bootstrap interval over
+    ``groups`` (sentences: tokens of a sentence are not independent, so sentences are resampled).
+
+    Every replicate resamples the same sentences for all columns; Pearson is computed from
+    per-sentence sums, so a replicate costs one small matrix product.
+    """
+    x = latents.astype(np.float64).reshape(len(latents), -1)
+    y = target.astype(np.float64)
+    _, g = np.unique(groups, return_inverse=True)
+    n_groups = int(g.max()) + 1
+
+    def sums(v: np.ndarray) -> np.ndarray:
+        return np.stack([np.bincount(g, weights=v[:, c], minlength=n_groups) for c in range(v.shape[1])], axis=1)
+
+    counts = np.bincount(g, minlength=n_groups).astype(np.float64)
+    sx, sxx, sxy = sums(x), sums(x * x), sums(x * y[:, None])
+    sy, syy = (np.bincount(g, weights=w, minlength=n_groups) for w in (y, y * y))
+    rng = np.random.default_rng(seed)
+    weights = np.vstack([np.ones(n_groups), rng.multinomial(n_groups, np.full(n_groups, 1 / n_groups), size=n_boot)])
+    n, Sx, Sxx, Sxy = weights @ counts, weights @ sx, weights @ sxx, weights @ sxy
+    Sy, Syy = weights @ sy, weights @ syy
+    cov = Sxy - Sx * (Sy / n)[:, None]
+    var_x = Sxx - Sx**2 / n[:, None]
+    var_y = Syy - Sy**2 / n
+    with np.errstate(invalid="ignore", divide="ignore"):
+        rho = np.abs(cov / np.sqrt(var_x * var_y[:, None])).mean(axis=1)
+    boot = rho[1:][np.isfinite(rho[1:])]
+    alpha = (1 - confidence) / 2
+    lo, hi = np.quantile(boot, [alpha, 1 - alpha]) if len(boot) else (np.nan, np.nan)
+    return float(rho[0]), float(lo), float(hi)

@@ -100,3 +100,23 @@ def generic_features(tree: Tree, specs: Sequence[FeatureSpec]) -> dict[str, list
         "preterminal": [pre_index[p[-1]] for p in paths],
         "parent": [parent_index[p[-2] if len(p) > 1 else NO_PARENT] for p in paths],
     }
+
+
+#: A feature's role. *Lexical*: its value is a function of the current token alone (part of speech,
+#: arity, bracket type), so any encoder of the token, even an untrained SAE, can read it off.
+#: *Structural*: it depends on the context (depth, pending operands, position in the tree), so
+#: only a model that computes it represents it.
+LEXICAL, STRUCTURAL = "lexical", "structural"
+
+
+def feature_role(token_ids: Sequence[int], values: Sequence[int]) -> str:
+    """:data:`LEXICAL` if ``values`` is a function of ``token_ids`` on these tokens (every token id
+    always has the same value), else :data:`STRUCTURAL`. Tokens valued :data:`IGNORE_VALUE` are
+    left out. Decided from data so that it holds for any grammar, including a user's."""
+    seen: dict[int, int] = {}
+    for token, value in zip(token_ids, values, strict=True):
+        if value == IGNORE_VALUE:
+            continue
+        if seen.setdefault(int(token), int(value)) != int(value):
+            return STRUCTURAL
+    return LEXICAL

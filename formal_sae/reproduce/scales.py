@@ -1,0 +1,165 @@
+"""How big each stage of the study is: scales as data, with overrides."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from formal_sae.errors import FormalSAEError
+from formal_sae.saes import SAETrainConfig, SweepGrid, grid_from_dict, paper_grid
+from formal_sae.saes.causal import CausalConfig
+
+GRAMMARS = ("dyck2", "expr", "english")
+
+
+def quick_grid(d_in: int) -> SweepGrid:
+    """A small one-factor-at-a-time design around a base cell (paper TopK, k=16, expansion 2): each
+    of the paper's inductive biases — sparsity family, expansion factor, sparsity level,
+    normalisation, pre-encoder bias — is changed alone, so C2 can measure its main effect. The L1
+    cells use the paper's sum-reduced loss at its weakest grid alpha (1e-3, which collapses at this
+    scale) and a hundredfold weaker one."""
+    base = {"architecture": "paper", "training_tokens": 60_000, "batch_size_tokens": 1024, "lr": 3e-3}
+    cells = [
+        {"k": 16, "expansion_factor": 2},
+        {"k": 4, "expansion_factor": 2},
+        {"k": 16, "expansion_factor": 1},
+        {"k": 16, "expansion_factor": 4},
+        {"l1_coefficient": 1e-5, "expansion_factor": 2},
+        {"l1_coefficient": 1e-3, "expansion_factor": 2},
+        {"k": 16, "expansion_factor": 2, "normalize_input": True, "normalize_recon": True},
+        {"k": 16, "expansion_factor": 2, "pre_bias": True},
+    ]
+    return grid_from_dict({"name": "quick", "base": base, "cells": cells})
+
+
+@dataclass(frozen=True)
+class Scale:
+    """How big each stage of :func:`~formal_sae.reproduce.reproduce` is.
+
+    Attributes:
+        name: The scale's name (``--scale``).
+        n_train, n_eval: Sentences sampled for training, and for each of validation and test.
+        preset, model_steps, model_lr: The language model (steps per grammar).
+        grid: The SAE sweep's grid, given the model's width.
+        sweep_eval: Evaluation settings of each sweep cell.
+        analysis_sentences: Test sentences for the latent-feature analysis and the probes.
+        analysis_seeds: Seeds of the analysed SAE (C1 averages them; C3 uses the first).
+        control_saes: Untrained SAEs of the analysed shape (the C1 floor).
+        intervention_sentences, n_null: Sentences and matched random latents of the C3 interventions.
+        causal_base, causal, causal_seeds: The plain/causal SAE pairs of C4 and their seeds.
+        validity_samples, validity_repeats: Validity of the models and the C4 SAEs.
+        notes: How this scale differs from the paper (shown in the report).
+    """
+
+    name: str
+    n_train: int
+    n_eval: int
+    preset: str
+    model_steps: dict[str, int]
+    model_lr: float
+    grid: Callable[[int], SweepGrid]
+    sweep_eval: dict[str, Any]
+    analysis_sentences: int
+    analysis_seeds: int
+    control_saes: int
+    intervention_sentences: int
+    n_null: int
+    causal_base: SAETrainConfig
+    causal: CausalConfig
+    causal_seeds: int
+    validity_samples: int = 128
+    validity_repeats: int = 5
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+    def with_overrides(self, **overrides: Any) -> Scale:
+        """This scale with some fields replaced (unknown names are an error that lists the valid ones)."""
+        names = {f.name for f in dataclasses.fields(self)}
+        unknown = sorted(set(overrides) - names)
+        if unknown:
+            raise FormalSAEError(f"unknown scale setting(s) {unknown}; choose among {', '.join(sorted(names))}")
+        return dataclasses.replace(self, **overrides)
+
+
+_TOPK16 = SAETrainConfig(architecture="topk", k=16, expansion_factor=2, batch_size_tokens=1024, lr=3e-3)
+
+SCALES: dict[str, Scale] = {
+    "quick": Scale(
+        name="quick",
+        n_train=20_000,
+        n_eval=1_000,
+        preset="small",
+        model_steps={"dyck2": 900, "expr": 500, "english": 700},
+        model_lr=3e-3,
+        grid=quick_grid,
+        sweep_eval={"n_samples": 64, "repeats": 2, "max_sentences": 300},
+        analysis_sentences=600,
+        analysis_seeds=1,
+        control_saes=3,
+        intervention_sentences=150,
+        n_null=10,
+        causal_base=_TOPK16,
+        causal=CausalConfig(coefficient=100.0, pretrain_steps=60, steps=60, sentences_per_step=32, finetune_lr=1e-3),
+        causal_seeds=2,
+        validity_samples=64,
+        validity_repeats=2,
+        notes=(
+            "`small` model preset (d_model 64) trained for a few hundred steps instead of the paper's 70k",
+            "an eight-cell one-factor-at-a-time SAE grid instead of the paper's 828 SAEs",
+            "one seed of the analysed SAE and two seeds of each plain/causal pair (the larger scales use three)",
+        ),
+    ),
+    "small": Scale(
+        name="small",
+        n_train=100_000,
+        n_eval=2_000,
+        preset="small",
+        model_steps={"dyck2": 4000, "expr": 2000, "english": 3000},
+        model_lr=3e-3,
+        grid=lambda d_in: paper_grid("small", d_in=d_in),
+        sweep_eval={"n_samples": 64, "repeats": 2, "max_sentences": 500},
+        analysis_sentences=2000,
+        analysis_seeds=3,
+        control_saes=3,
+        intervention_sentences=300,
+        n_null=20,
+        causal_base=_TOPK16,
+        causal=CausalConfig(coefficient=100.0, pretrain_steps=300, steps=400, sentences_per_step=32, finetune_lr=1e-3),
+        causal_seeds=3,
+        notes=(
+            "`small` model preset trained for a few thousand steps",
+            "the paper's full SAE grid at a reduced training budget and a higher learning rate",
+        ),
+    ),
+    "paper": Scale(
+        name="paper",
+        n_train=1_000_000,
+        n_eval=5_000,
+        preset="paper",
+        model_steps={"dyck2": 70_000, "expr": 70_000, "english": 70_000},
+        model_lr=1e-3,
+        grid=lambda d_in: paper_grid("paper", d_in=d_in),
+        sweep_eval={"n_samples": 128, "repeats": 5, "max_sentences": 2000},
+        analysis_sentences=5000,
+        analysis_seeds=3,
+        control_saes=3,
+        intervention_sentences=1000,
+        n_null=20,
+        causal_base=dataclasses.replace(_TOPK16, lr=1e-5),
+        causal=CausalConfig(
+            coefficient=0.5, pretrain_steps=5000, steps=20_000, sentences_per_step=32, finetune_lr=1e-7, schedule="linear"
+        ),
+        causal_seeds=3,
+        notes=(
+            "the paper's model and training budgets (run on a GPU: --device cuda)",
+            "1M training sentences sampled once instead of fresh batches each step",
+        ),
+    ),
+}
+
+
+def get_scale(name: str) -> Scale:
+    if name not in SCALES:
+        raise FormalSAEError(f"unknown scale {name!r}; choose one of {', '.join(SCALES)}")
+    return SCALES[name]
