@@ -106,7 +106,8 @@ def test_an_interrupted_run_resumes_without_redoing_finished_stages(tiny_run, tm
     run = tmp_path / "run"
     work = in_progress_path(run)  # an interrupted run: every stage done but the language's results file
     (work / "expr").mkdir(parents=True)
-    _write_marker(work, "reproduction", {"grammars": ["expr"], "scale": "tiny", "seed": 0}, complete=False)
+    marker = json.loads((out / "formal_sae_artifact.json").read_text())
+    _write_marker(work, "reproduction", marker["config"], complete=False)
     for part in (out / "expr").iterdir():
         if part.name != "results.json":
             (work / "expr" / part.name).symlink_to(part, target_is_directory=part.is_dir())

@@ -14,11 +14,12 @@ may well be mixed, and the report says why), ``small`` and ``paper``.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 
 from formal_sae.errors import FormalSAEError
-from formal_sae.io import atomic_write_text, write_json
+from formal_sae.io import atomic_write_text, to_jsonable, write_json
 from formal_sae.outputs import output_dir
 from formal_sae.reproduce.claims import ClaimResult, judge
 from formal_sae.reproduce.evidence import C1Evidence, C2Evidence, C3Evidence, C4Evidence
@@ -55,7 +56,8 @@ def reproduce(
     unknown = [g for g in names if g not in GRAMMARS]
     if unknown:
         raise FormalSAEError(f"reproduce covers the paper's grammars {', '.join(GRAMMARS)} (or all), not {unknown}")
-    config = {"grammars": names, "scale": scale.name, "seed": seed}
+    settings = {f.name: to_jsonable(getattr(scale, f.name)) for f in dataclasses.fields(scale) if f.name not in ("grid", "notes")}
+    config = {"grammars": names, "scale": scale.name, "seed": seed, "settings": settings}  # overrides count too
     with output_dir(out_dir, "reproduction", config, overwrite=overwrite, resumable=True) as out:
         results = {
             g: stage(Path(out) / g / RESULTS_FILE, lambda g=g: run_language(g, Path(out) / g, scale, seed, device)) for g in names

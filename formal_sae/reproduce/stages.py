@@ -20,6 +20,7 @@ from formal_sae.analysis.metrics import bootstrap_abs_pearson
 from formal_sae.analysis.probes import ProbeReport, default_probe_hooks, probe_direction, probe_features
 from formal_sae.analysis.report import targets_of
 from formal_sae.data import generate_dataset, load_dataset_dir
+from formal_sae.errors import FormalSAEError
 from formal_sae.grammars import STRUCTURAL, feature_role
 from formal_sae.interventions import feature_interventions
 from formal_sae.io import atomic_write_text, read_json, write_json
@@ -252,10 +253,8 @@ def _interventions(model, sae, dataset, report, c1: C1Evidence, hook: str, scale
         best = report.targets[f.feature]["best_latent"]
         group = [best, *[j for j in group if j != best]]
         direction = probe_direction(model, dataset, hook, f.feature, max_sentences=scale.analysis_sentences)
-        r = feature_interventions(
-            model, sae, dataset, f.feature, group, clamp_latents=[best], probe_direction=direction, n_null=scale.n_null,
-            max_sentences=scale.intervention_sentences, seed=seed,
-        )  # fmt: skip
+        r = _interventions_with_a_null(model, sae, dataset, f.feature, group, best, direction, scale, seed)
+        group = r.latents
         out.append(
             InterventionEvidence(
                 feature=f.feature,
@@ -269,6 +268,21 @@ def _interventions(model, sae, dataset, report, c1: C1Evidence, hook: str, scale
             )
         )
     return out
+
+
+def _interventions_with_a_null(model, sae, dataset, feature, group, best, direction, scale: Scale, seed: int):
+    """:func:`feature_interventions`, halving the group (best latents first) while the SAE has too few
+    other live latents to draw matched null groups of its size."""
+    while True:
+        try:
+            return feature_interventions(
+                model, sae, dataset, feature, group, clamp_latents=[best], probe_direction=direction, n_null=scale.n_null,
+                max_sentences=scale.intervention_sentences, seed=seed,
+            )  # fmt: skip
+        except FormalSAEError as e:
+            if "too few" not in str(e) or len(group) == 1:
+                raise
+            group = group[: len(group) // 2]
 
 
 # ------------------------------------------------------------------------------ C4
