@@ -419,7 +419,9 @@ def test_reported_scores_match_a_direct_recomputation(trained, report, direct):
         rhos = [abs(corr(latents[:, j], y)) for j in range(sae.cfg.d_sae)]
         assert entry["n_latents_abs_rho_ge_0.9"] == sum(1 for r in rhos if r >= 0.9), name
         if entry["kind"] == "binary":
-            assert entry["auroc"] == pytest.approx(pair_auroc(best, y), abs=1e-4), name
+            # a negatively correlated latent is scored on its flipped direction, and says so
+            sign = -1 if corr(best, y) < 0 else 1
+            assert entry["auroc_sign"] == sign and entry["auroc"] == pytest.approx(pair_auroc(sign * best, y), abs=1e-4), name
             fires = latents[:, entry["f1_latent"]] > entry["threshold"]
             assert (entry["precision"], entry["recall"], entry["f1"]) == pytest.approx(prf(fires, y), abs=1e-6), name
         else:

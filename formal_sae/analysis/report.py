@@ -141,6 +141,10 @@ def _nan_argmax(x: np.ndarray) -> int:
     return int(np.nanargmax(x)) if np.isfinite(x).any() else 0
 
 
+def _signed_auroc(auroc: float, rho: float) -> float:
+    return 1.0 - auroc if rho is not None and rho < 0 else auroc
+
+
 def _clean(x: float) -> float | None:
     return None if x is None or (isinstance(x, float) and math.isnan(x)) else float(x)
 
@@ -171,17 +175,19 @@ class AnalysisReport:
             f"{s['n_tokens']} sentence tokens of the {s['split']} split; best latents and thresholds chosen on {s['selection_split']}.",
             "",
             f"- coverage (mean best-latent F1 over binary targets): **{_fmt(s['coverage'])}**",
-            f"- MCC / MMCS of decoder rows vs linear-probe directions: **{_fmt(s['mcc'])}** / {_fmt(s['mmcs'])}",
+            f"- MCC / MMCS: mean best |cosine| between decoder rows and the linear-probe directions of the "
+            f"{s.get('mcc_targets', '?')} distinct targets (one-to-one matched / each target's best row): "
+            f"**{_fmt(s['mcc'])}** / {_fmt(s['mmcs'])}",
             f"- dead latents: {_fmt(s['dead_fraction'])}, dense latents (> {DENSE_FIRING:.0%} of tokens): {_fmt(s['dense_fraction'])}",
             "",
-            "| target | kind | best latent | Pearson | Spearman | AUROC | F1 (latent, P, R) | #latents abs(rho) >= 0.9 | probe cos |",
+            "| target | kind | best latent | Pearson | Spearman | AUROC (− : of the latent's flipped sign) | F1 (its own latent, P, R) | #latents abs(rho) >= 0.9 | probe cos |",
             "|---|---|---|---|---|---|---|---|---|",
         ]
         for name, t in self.targets.items():
             f1 = "–" if t["f1"] is None else f"{t['f1']:.3f} ({t['f1_latent']}, {t['precision']:.2f}, {t['recall']:.2f})"
             lines.append(
                 f"| `{name}` | {t['kind']} | {t['best_latent']} | {_fmt(t['pearson'])} | {_fmt(t['spearman'])} | "
-                f"{_fmt(t['auroc'])} | {f1} | {t['n_latents_abs_rho_ge_0.9']} | {_fmt(t['probe_cosine'])} |"
+                f"{_fmt(t['auroc'])}{' (−)' if t.get('auroc_sign') == -1 else ''} | {f1} | {t['n_latents_abs_rho_ge_0.9']} | {_fmt(t['probe_cosine'])} |"
             )
         if self.absorption:
             lines += [
@@ -278,6 +284,10 @@ def analyze(
     decoder = sae.W_dec.detach().float().cpu().numpy()
     probes = probe_directions(test.acts.numpy(), np.stack([t.values for t in shared], axis=1))
     cos = abs_cosines(decoder, probes)
+    # MCC counts each ground-truth direction once: targets with identical values on these tokens
+    # (English pos=noun and preterminal=N) are one feature
+    _, distinct = np.unique(np.stack([t.values for t in shared]), axis=0, return_index=True)
+    distinct_probes = probes[np.sort(distinct)]
     firing = test.firing_counts() / test.n_tokens
     per_target: dict[str, dict[str, Any]] = {}
     for k, t in enumerate(shared):
@@ -287,7 +297,11 @@ def analyze(
             "best_latent": best,
             "pearson": _clean(test_scores.pearson[best, k]),
             "spearman": _clean(test_scores.spearman[best, k]) if t.kind == "ordinal" else None,
-            "auroc": _clean(test_scores.auroc[best, k]) if t.kind == "binary" else None,
+            # a negatively correlated latent detects the feature by being low: score its flipped direction
+            "auroc": _clean(_signed_auroc(test_scores.auroc[best, k], test_scores.pearson[best, k]))
+            if t.kind == "binary"
+            else None,
+            "auroc_sign": (-1 if (test_scores.pearson[best, k] or 0) < 0 else 1) if t.kind == "binary" else None,
             "f1": None,
             "precision": None,
             "recall": None,
@@ -314,8 +328,9 @@ def analyze(
         "selection_split": selection_split,
         "n_tokens": test.n_tokens,
         "coverage": float(np.mean(f1s)) if f1s else None,
-        "mcc": mcc(decoder, probes),
-        "mmcs": mmcs(decoder, probes),
+        "mcc": mcc(decoder, distinct_probes),
+        "mmcs": mmcs(decoder, distinct_probes),
+        "mcc_targets": len(distinct_probes),
         "dead_fraction": float((firing == 0).mean()),
         "dense_fraction": float((firing > DENSE_FIRING).mean()),
     }
