@@ -16,12 +16,11 @@ header (safetensors writes its metadata in a Rust HashMap's order, which differs
 Plots, weights, Arrow files, HTML: bytes.
 
 Kill moments are drawn uniformly over the span in which the reference run wrote (``<out>.in-progress``
-existed), widened by a tenth on each side, counted from the run's own first write (before it a command only
-imports and reads, and after the span it only exits); ``--window whole`` draws from 0 to the reference's
-wall time instead. A fraction ``--at-commit``
-of the kills instead comes as soon as ``<out>.in-progress`` is marked complete, into the milliseconds in
-which the artifact is moved into place (and, with ``--overwrite``, the previous one deleted), which random
-moments almost never hit. Subprocesses run with one torch thread, so that resumed runs are bitwise reproducible, and import a copy of
+existed), widened by a tenth on each side and counted from the run's own first write: before it a command
+only imports and reads, after it only exits (``--window whole`` draws from 0 to the reference's wall time
+instead). A fraction ``--at-commit`` of the kills comes instead as soon as ``<out>.in-progress`` is marked
+complete: into the milliseconds in which the artifact is moved into place, which random moments rarely hit.
+Subprocesses run on one torch thread (resumed runs must be bitwise reproducible) and import a copy of
 ``formal_sae`` taken at the start (edits to the working tree during the suite cannot mix versions).
 
 Prints a markdown table (stdout; progress on stderr) and exits 1 on any mismatch, damage, partial output,

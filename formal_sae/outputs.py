@@ -28,6 +28,7 @@ import importlib.metadata
 import json
 import os
 import re
+import secrets
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -192,14 +193,16 @@ def _is_open_work(directory: Path) -> bool:
 def _start(out: Path, kind: str, config: Any, overwrite: bool, resumable: bool) -> Path:
     """The in-progress folder for ``out``: an earlier run's to resume, or a new one."""
     work = in_progress_path(out)
-    if work.exists():
-        marker = read_marker(work)
-        if marker is None:
+    marker = read_marker(work) if work.exists() else None
+    if work.exists() and marker is None:
+        if not all(TEMPORARY_NAME.fullmatch(name) for name in _files(work)):
             raise OutputError(
                 f"{work} exists but its marker {work / MARKER_FILE} is missing or damaged, so formal-sae cannot tell that it "
                 "wrote it; move the folder away (delete it if it is an interrupted run you no longer need) or choose another "
                 "output directory"
             )
+        shutil.rmtree(work)  # empty, or holding a marker half-written by a kill: nothing to resume
+    if marker is not None:
         # A complete marker here means a kill between completing the artifact and moving it into
         # place: it is treated like any interrupted run of its configuration.
         same = marker.get("kind") == kind and marker.get("config") == _canonical(config)
@@ -217,8 +220,14 @@ def _start(out: Path, kind: str, config: Any, overwrite: bool, resumable: bool) 
                 "Rerun with the same settings to resume it, pass overwrite=True (--overwrite) to discard it, or choose another output directory"
             )
         _remove(work)  # ours, and not resumable (or discarded on request)
-    work.mkdir(parents=True)
-    _write_marker(work, kind, config, complete=False)
+    if not work.exists():
+        # made under another name with its marker, then renamed: no kill leaves an unmarked folder
+        for stale in out.parent.glob(f".{out.name}{IN_PROGRESS_SUFFIX}.new-*"):
+            shutil.rmtree(stale, ignore_errors=True)
+        new = out.parent / f".{out.name}{IN_PROGRESS_SUFFIX}.new-{os.getpid()}-{secrets.token_hex(4)}"
+        new.mkdir(parents=True)
+        _write_marker(new, kind, config, complete=False)
+        os.replace(new, work)
     return work
 
 

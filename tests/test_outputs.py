@@ -260,3 +260,24 @@ def test_every_artifact_follows_the_umask(tmp_path, umask, file_mode, dir_mode):
         os.umask(old)
     for name in ("data", "generated", "model", "sae", "analysis"):
         assert modes(tmp_path / name) == {("file", file_mode), ("dir", dir_mode)}, name
+
+
+def test_a_kill_while_the_in_progress_folder_is_made_leaves_nothing_that_blocks_a_rerun(tmp_path, monkeypatch):
+    """Found by fault injection: a kill between making ``<out>.in-progress`` and writing its marker
+    left an unmarked folder that the rerun refused. The folder now gets its name only with its marker."""
+    out = tmp_path / "art"
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt  # stands for a SIGKILL inside the marker's write
+
+    monkeypatch.setattr(outputs_mod, "_write_marker", killed)
+    with pytest.raises(KeyboardInterrupt), output_dir(out, "test", {"a": 1}, resumable=True):
+        pass
+    assert not in_progress_path(out).exists()  # only a hidden, unnamed folder may remain
+    monkeypatch.undo()
+    in_progress_path(out).mkdir()  # as an older version could leave it: empty, or a half-written marker
+    (in_progress_path(out) / ".formal_sae_artifact.json.tmp-123-0123abcd").write_bytes(b"")
+    with output_dir(out, "test", {"a": 1}, resumable=True) as work:
+        (work / "x").write_text("done")
+    assert (out / "x").read_text() == "done"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["art"]

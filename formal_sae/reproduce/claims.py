@@ -50,6 +50,9 @@ C2_FACTORS = 2
 #: C3: a clamp that closes at least this share of the gap to the feature-conditional
 #: next-token distribution did what its interpretation predicts.
 C3_GAP_CLOSED = 0.5
+#: C3: a clamp that closes less than this share of the gap did practically nothing, even when
+#: random latents do still less (their clamps are often ~0, so their interval is very narrow).
+C3_NEGLIGIBLE = 0.05
 #: C4: the causal SAE must lower the held-out interpolation loss by at least this fraction ...
 C4_LOSS_DROP = 0.10
 #: ... with intervals over at least this many seeds (fewer: not tested).
@@ -68,6 +71,7 @@ THRESHOLDS: dict[str, tuple[float, str]] = {
     "C2_STANDARD_ERRORS": (C2_STANDARD_ERRORS, "an effect must exceed this many standard errors"),
     "C2_FACTORS": (C2_FACTORS, "factors that must matter for 'highly sensitive'"),
     "C3_GAP_CLOSED": (C3_GAP_CLOSED, "gap closure at which a clamp did what its interpretation predicts"),
+    "C3_NEGLIGIBLE": (C3_NEGLIGIBLE, "gap closure below which a clamp did practically nothing (smallest effect of interest)"),
     "C4_LOSS_DROP": (C4_LOSS_DROP, "relative drop of the held-out causal loss the regulariser must achieve"),
     "C4_MIN_SEEDS": (C4_MIN_SEEDS, "seeds per SAE needed for an interval"),
     "CONFIDENCE": (CONFIDENCE, "confidence of every interval"),
@@ -288,18 +292,28 @@ def judge_c3(ev: C3Evidence) -> Verdict:
         return Verdict(NOT_TESTED, f"no structural feature has a latent with |rho| >= {C1_BAR} to intervene on")
     numbers = {f.feature: f.to_dict() for f in ev.features}
     for f in ev.features:
-        null_like = _inside(f.clamp_gap_closure, f.null_clamp_interval) or _inside(
-            f.group_ablation_effect, f.null_ablation_interval
+        # one-sided: an effect no larger than random latents' (or negligible) is no causal effect
+        null_like = f.clamp_gap_closure <= max(f.null_clamp_interval[1], C3_NEGLIGIBLE) or (
+            f.group_ablation_effect <= f.null_ablation_interval[1]
         )
         control_works = f.probe_ablation_effect > f.null_ablation_interval[1]
         if null_like and control_works:
             return Verdict(
                 SUPPORTED,
-                f"{f.feature}: the correlated latents' clamp (gap closure {f.clamp_gap_closure:.2f}) or group ablation "
-                f"(effect {f.group_ablation_effect:.3f}) is within matched random latents' 95% interval, while projecting out "
+                f"{f.feature}: the best-correlated latent's clamp (gap closure {f.clamp_gap_closure:.3f}) or the group's ablation "
+                f"(effect {f.group_ablation_effect:.3f}) does no more than matched random latents' (95% upper ends "
+                f"{f.null_clamp_interval[1]:.3f}, {f.null_ablation_interval[1]:.3f}) or is negligible, while projecting out "
                 f"the probe direction moves the outputs by {f.probe_ablation_effect:.3f}; the clamp did: {f.what_the_clamp_did}",
                 numbers,
             )
+    blind = [f for f in ev.features if f.probe_ablation_effect <= f.null_ablation_interval[1]]
+    if len(blind) == len(ev.features):
+        return Verdict(
+            MIXED,
+            "the positive control (projecting out the probe direction) moves the outputs no more than random latents do: "
+            "these interventions cannot tell a causal latent from a non-causal one here",
+            numbers,
+        )
     if all(f.clamp_gap_closure >= C3_GAP_CLOSED for f in ev.features):
         text = "; ".join(f"{f.feature} {f.clamp_gap_closure:.2f} ({f.what_the_clamp_did})" for f in ev.features)
         return Verdict(
@@ -307,10 +321,6 @@ def judge_c3(ev: C3Evidence) -> Verdict:
         )
     text = "; ".join(f"{f.feature} gap closure {f.clamp_gap_closure:.2f}" for f in ev.features)
     return Verdict(MIXED, f"effects beyond the null but closing less than {C3_GAP_CLOSED:.0%} of the gap: {text}", numbers)
-
-
-def _inside(x: float, interval: Sequence[float]) -> bool:
-    return interval[0] <= x <= interval[1]
 
 
 # ------------------------------------------------------------------------------ C4
