@@ -104,7 +104,7 @@ def intervention(gap=0.05, null=(-0.1, 0.1), ablation=0.01, null_ablation=(0.0, 
 @pytest.mark.parametrize(
     ("features", "verdict", "words"),
     [
-        ([intervention()], C.SUPPORTED, "does no more than matched random latents"),
+        ([intervention()], C.SUPPORTED, "within random latents"),
         # beyond a very narrow null, yet closing 0.03% of the gap: practically nothing
         (
             [intervention(gap=0.0003, null=(0.0, 0.0002), ablation=0.6, null_ablation=(0.0, 0.04), probe=0.6)],

@@ -293,17 +293,25 @@ def judge_c3(ev: C3Evidence) -> Verdict:
     numbers = {f.feature: f.to_dict() for f in ev.features}
     for f in ev.features:
         # one-sided: an effect no larger than random latents' (or negligible) is no causal effect
-        null_like = f.clamp_gap_closure <= max(f.null_clamp_interval[1], C3_NEGLIGIBLE) or (
-            f.group_ablation_effect <= f.null_ablation_interval[1]
-        )
+        clamp_null = f.clamp_gap_closure <= max(f.null_clamp_interval[1], C3_NEGLIGIBLE)
+        ablation_null = f.group_ablation_effect <= f.null_ablation_interval[1]
         control_works = f.probe_ablation_effect > f.null_ablation_interval[1]
-        if null_like and control_works:
+        if (clamp_null or ablation_null) and control_works:
+            what = []
+            if clamp_null:
+                what.append(
+                    f"clamping the best-correlated latent closes {f.clamp_gap_closure:.1%} of the gap (random latents: up to "
+                    f"{f.null_clamp_interval[1]:.1%}; negligible below {C3_NEGLIGIBLE:.0%}; it did: {f.what_the_clamp_did})"
+                )
+            if ablation_null:
+                what.append(
+                    f"ablating all {len(f.latents)} correlated latents moves the outputs by {f.group_ablation_effect:.3f}, "
+                    f"within random latents' {f.null_ablation_interval[1]:.3f}"
+                )
             return Verdict(
                 SUPPORTED,
-                f"{f.feature}: the best-correlated latent's clamp (gap closure {f.clamp_gap_closure:.3f}) or the group's ablation "
-                f"(effect {f.group_ablation_effect:.3f}) does no more than matched random latents' (95% upper ends "
-                f"{f.null_clamp_interval[1]:.3f}, {f.null_ablation_interval[1]:.3f}) or is negligible, while projecting out "
-                f"the probe direction moves the outputs by {f.probe_ablation_effect:.3f}; the clamp did: {f.what_the_clamp_did}",
+                f"{f.feature}: " + "; ".join(what) + f"; yet projecting out the feature's probe direction moves the outputs by "
+                f"{f.probe_ablation_effect:.3f}",
                 numbers,
             )
     blind = [f for f in ev.features if f.probe_ablation_effect <= f.null_ablation_interval[1]]
