@@ -194,3 +194,11 @@ def test_c2_is_not_tested_on_a_model_that_does_not_generate_the_language():
     cells = [cell(0, 0.3), cell(1, 0.0, expansion=8), cell(2, 0.0, sparsity=4)]
     v = C.judge_c2(C2Evidence("expr", cells, model_validity=0.3))
     assert v.verdict == C.NOT_TESTED and "model's own validity" in v.reason
+
+
+def test_a_claim_whose_stage_failed_is_not_tested_with_the_reason():
+    why = "only 11 other live latents: too few for a null of 29-latent groups"
+    assert C.judge_c1(C1Evidence("expr", True, "", 0, failed=why)).reason == f"its stage failed: {why}"
+    assert C.judge_c2(C2Evidence("expr", failed=why)).verdict == C.NOT_TESTED
+    assert C.judge_c3(C3Evidence("expr", True, "", failed=why)).verdict == C.NOT_TESTED
+    assert C.judge_c4(C4Evidence("expr", why_not_tested=f"its stage failed: {why}")).verdict == C.NOT_TESTED

@@ -156,3 +156,21 @@ def test_the_report_table_survives_pipes_in_the_reasons(tiny_run):
     assert len(rows) == 4
     for row in rows:  # claim | overall | expr: 3 cells, whatever the reasons say
         assert len(row.replace("\\|", "").strip("|").split("|")) == 3
+
+
+def test_a_failed_stage_leaves_its_claims_not_tested_and_the_others_judged(tmp_path, monkeypatch):
+    def refuse(*args, **kwargs):
+        raise FormalSAEError("only 3 other live latents: too few for a null of 5-latent groups")
+
+    def no_pairs(*args, **kwargs):
+        raise FormalSAEError("no held-out pairs")
+
+    monkeypatch.setattr(stages, "_c1_c3", refuse)
+    monkeypatch.setattr(stages, "held_out_pairs", no_pairs)
+    monkeypatch.setitem(SCALES, "tiny", TINY)
+    claims = reproduce(tmp_path / "run", "expr", "tiny")
+    for claim, words in (("C1", "too few for a null"), ("C3", "too few for a null"), ("C4", "no held-out pairs")):
+        v = claims[claim].languages["expr"]
+        assert v.verdict == NOT_TESTED and words in v.reason, (claim, v)
+    assert claims["C2"].languages["expr"].verdict != NOT_TESTED or "stage failed" not in claims["C2"].languages["expr"].reason
+    assert not (tmp_path / "run" / "expr" / "c1_c3.json").exists()  # a rerun tries the failed stage again

@@ -133,6 +133,8 @@ def t_interval(values: Sequence[float], confidence: float = CONFIDENCE) -> tuple
 
 # ------------------------------------------------------------------------------ C1
 def judge_c1(ev: C1Evidence) -> Verdict:
+    if ev.failed:
+        return Verdict(NOT_TESTED, f"its stage failed: {ev.failed}")
     if not ev.sane:
         return Verdict(NOT_TESTED, f"the analysed SAE is not sane ({ev.why_not_sane})")
     numbers = {f.feature: f.to_dict() for f in ev.features}
@@ -248,6 +250,8 @@ def _matters(e: FactorEffect) -> bool:
 
 
 def judge_c2(ev: C2Evidence) -> Verdict:
+    if ev.failed:
+        return Verdict(NOT_TESTED, f"its stage failed: {ev.failed}")
     good = [c for c in ev.cells if sane(c.explained_variance, c.l0)[0]]
     effects = main_effects(good)
     every = main_effects(ev.cells)
@@ -286,6 +290,8 @@ def judge_c2(ev: C2Evidence) -> Verdict:
 
 # ------------------------------------------------------------------------------ C3
 def judge_c3(ev: C3Evidence) -> Verdict:
+    if ev.failed:
+        return Verdict(NOT_TESTED, f"its stage failed: {ev.failed}")
     if not ev.sane:
         return Verdict(NOT_TESTED, f"the analysed SAE is not sane ({ev.why_not_sane})")
     if not ev.features:

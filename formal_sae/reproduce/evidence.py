@@ -71,6 +71,7 @@ class C1Evidence(Record):
     why_not_sane: str
     n_seeds: int
     features: list[FeatureCorrelation] = field(default_factory=list)
+    failed: str = ""  # the error that stopped the stage measuring it
 
 
 # ------------------------------------------------------------------------------ C2
@@ -93,6 +94,7 @@ class C2Evidence(Record):
     language: str
     cells: list[Cell] = field(default_factory=list)
     model_validity: float | None = None  # the model's own validity: no SAE can do better
+    failed: str = ""
 
 
 # ------------------------------------------------------------------------------ C3
@@ -116,6 +118,7 @@ class C3Evidence(Record):
     sane: bool
     why_not_sane: str
     features: list[InterventionEvidence] = field(default_factory=list)
+    failed: str = ""
 
 
 # ------------------------------------------------------------------------------ C4

@@ -62,6 +62,16 @@ def stage(path: Path, compute: Callable[[], Any]) -> Any:
     return result
 
 
+def guarded(run: Callable[[], Any], failed: Callable[[str], Any]) -> Any:
+    """``run()``, or, when it fails with a user-facing error (say an SAE too small for a matched
+    null), ``failed(message)``: the claims that stage measures read "not tested" with the reason,
+    and the other claims are still judged. The failed stage is not saved, so a rerun tries it again."""
+    try:
+        return run()
+    except FormalSAEError as e:
+        return failed(str(e))
+
+
 def run_language(grammar: str, out: Path, scale: Scale, seed: int = 0, device: str = "cpu") -> dict[str, Any]:
     """Every stage for one language; returns its model summary, sweep rows and evidence (JSON)."""
     out.mkdir(parents=True, exist_ok=True)
@@ -84,14 +94,26 @@ def run_language(grammar: str, out: Path, scale: Scale, seed: int = 0, device: s
         rows = read_json(out / SWEEP_DIR / RESULTS_JSON, what="sweep results")
     else:
         rows = sweep(model, dataset, scale.grid(model.cfg.d_model), out / SWEEP_DIR, evaluate_kwargs=scale.sweep_eval)
-    c2 = stage(out / "c2.json", lambda: c2_evidence(grammar, model, dataset, rows, out, scale).to_dict())
+    c2 = guarded(
+        lambda: stage(out / "c2.json", lambda: c2_evidence(grammar, model, dataset, rows, out, scale).to_dict()),
+        lambda e: C2Evidence(grammar, failed=e).to_dict(),
+    )
     analysed = choose_analysed(rows)
     c1, c3 = C1Evidence(grammar, False, "no sane SAE in the sweep", 0), C3Evidence(grammar, False, "no sane SAE in the sweep")
     if analysed is not None:
-        c1_c3 = stage(out / "c1_c3.json", lambda: _c1_c3(grammar, model, dataset, rows, analysed, out, scale, seed, device))
+        c1_c3 = guarded(
+            lambda: stage(out / "c1_c3.json", lambda: _c1_c3(grammar, model, dataset, rows, analysed, out, scale, seed, device)),
+            lambda e: {
+                "C1": C1Evidence(grammar, True, "", 0, failed=e).to_dict(),
+                "C3": C3Evidence(grammar, True, "", failed=e).to_dict(),
+            },
+        )
         c1, c3 = C1Evidence.from_dict(c1_c3["C1"]), C3Evidence.from_dict(c1_c3["C3"])
     c4 = C4Evidence.from_dict(
-        stage(out / "c4.json", lambda: c4_evidence(grammar, model, dataset, out, scale, seed, device).to_dict())
+        guarded(
+            lambda: stage(out / "c4.json", lambda: c4_evidence(grammar, model, dataset, out, scale, seed, device).to_dict()),
+            lambda e: C4Evidence(grammar, why_not_tested=f"its stage failed: {e}").to_dict(),
+        )
     )
     return {
         "grammar": grammar,
