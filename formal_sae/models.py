@@ -234,7 +234,9 @@ def save_model(model: HookedSAETransformer, directory: str | os.PathLike, overwr
     config: ModelConfig = model.formal_sae_config
     data: DatasetMetadata | None = model.formal_sae_data
     with output_dir(directory, "model", {"model": config.to_dict()}, overwrite=overwrite) as work:
-        save_file(model_state(model), str(work / WEIGHTS_FILE), metadata={"format": "pt", "preset": config.preset})
+        # one metadata key: safetensors writes its metadata in a hash map's order, so two keys came out
+        # in either order from run to run and the same model gave different bytes (the preset is in config.json)
+        save_file(model_state(model), str(work / WEIGHTS_FILE), metadata={"format": "pt"})
         if data is not None:
             build_tokenizer(grammar_of(data), work / TOKENIZER_DIR)
         else:

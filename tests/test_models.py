@@ -308,3 +308,22 @@ def test_weights_with_a_missing_tensor(saved_tiny, tmp_path):
     save_file(state, str(out / "model.safetensors"))
     with pytest.raises(ModelError, match="different tensors or shapes"):
         load_model(out)
+
+
+def test_saved_weights_have_the_same_bytes_in_every_process(tmp_path):
+    """safetensors writes its metadata in a hash map's order, which changes from process to
+    process: with more than one key the same model gave different files. One key, one order."""
+    import json
+    import struct
+
+    import formal_sae
+
+    ds = formal_sae.build_dataset("expr", n_train=20, n_validation=2, n_test=0, seed=0)
+    meta = formal_sae.dataset_metadata(ds)
+    model = formal_sae.build_model(
+        formal_sae.ModelConfig.from_preset("tiny"), formal_sae.build_tokenizer(formal_sae.grammar_of(meta)), meta
+    )
+    formal_sae.save_model(model, tmp_path / "m")
+    raw = (tmp_path / "m" / "model.safetensors").read_bytes()
+    (n,) = struct.unpack("<Q", raw[:8])
+    assert json.loads(raw[8 : 8 + n])["__metadata__"] == {"format": "pt"}
