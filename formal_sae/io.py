@@ -11,11 +11,15 @@ import contextlib
 import dataclasses
 import json
 import os
+import re
 import secrets
 from pathlib import Path
 from typing import Any
 
 from formal_sae.errors import FormalSAEError
+
+#: Name of the temporary file :func:`atomic_write_bytes` writes beside its target (a kill can leave one).
+TEMPORARY_NAME = re.compile(r"\..+\.tmp-\d+-[0-9a-f]{8}")
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
@@ -54,6 +58,12 @@ def to_jsonable(obj: Any) -> Any:
     if hasattr(obj, "item") and callable(obj.item) and getattr(obj, "ndim", 1) == 0:
         return obj.item()
     return obj
+
+
+def canonical(obj: Any) -> Any:
+    """``obj`` as plain JSON values with sorted keys: configurations compare equal exactly when
+    their JSON does (tuples and lists, dataclasses and dicts alike)."""
+    return json.loads(json.dumps(to_jsonable(obj), sort_keys=True))
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:

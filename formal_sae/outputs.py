@@ -27,7 +27,6 @@ import errno
 import importlib.metadata
 import json
 import os
-import re
 import secrets
 import shutil
 from collections.abc import Iterator
@@ -35,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from formal_sae.errors import OutputError
-from formal_sae.io import read_json, to_jsonable, write_json
+from formal_sae.io import TEMPORARY_NAME, canonical, read_json, write_json
 
 #: The marker file in every directory formal-sae writes.
 MARKER_FILE = "formal_sae_artifact.json"
@@ -44,7 +43,6 @@ IN_PROGRESS_SUFFIX = ".in-progress"
 #: Suffix of the previous artifact while it is being replaced (only where an atomic swap is unavailable).
 REPLACED_SUFFIX = ".replaced"
 MARKER_FORMAT = 1
-TEMPORARY_NAME = re.compile(r"\..+\.tmp-\d+-[0-9a-f]{8}")
 
 
 def in_progress_path(out: str | os.PathLike) -> Path:
@@ -74,10 +72,6 @@ def _remove_temporaries(directory: Path) -> None:
     for path in directory.rglob(".*"):
         if path.is_file() and TEMPORARY_NAME.fullmatch(path.name):
             path.unlink()
-
-
-def _canonical(obj: Any) -> Any:
-    return json.loads(json.dumps(to_jsonable(obj), sort_keys=True))
 
 
 def config_differences(old: Any, new: Any, prefix: str = "") -> list[str]:
@@ -172,7 +166,7 @@ def _follow_umask(directory: Path) -> None:
 
 def _write_marker(directory: Path, kind: str, config: Any, complete: bool) -> None:
     marker = {"format": MARKER_FORMAT, "kind": kind, "formal_sae_version": _version(), "complete": complete}
-    marker["config"] = _canonical(config)
+    marker["config"] = canonical(config)
     if complete:
         marker["files"] = [f for f in _files(directory) if f != MARKER_FILE]
     write_json(directory / MARKER_FILE, marker)
@@ -205,14 +199,14 @@ def _start(out: Path, kind: str, config: Any, overwrite: bool, resumable: bool) 
     if marker is not None:
         # A complete marker here means a kill between completing the artifact and moving it into
         # place: it is treated like any interrupted run of its configuration.
-        same = marker.get("kind") == kind and marker.get("config") == _canonical(config)
+        same = marker.get("kind") == kind and marker.get("config") == canonical(config)
         if resumable and same:
             _remove_temporaries(work)
             if marker.get("complete") is not False:
                 _write_marker(work, kind, config, complete=False)
             return work  # resume the interrupted run
         if resumable and not overwrite:
-            diffs = config_differences(marker.get("config"), _canonical(config))
+            diffs = config_differences(marker.get("config"), canonical(config))
             if marker.get("kind") != kind:
                 diffs.insert(0, f"kind ({marker.get('kind')} -> {kind})")
             raise OutputError(

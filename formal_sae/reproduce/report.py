@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from formal_sae.reproduce.claims import THRESHOLDS, ClaimResult, main_effects
+from formal_sae.reproduce.claims import THRESHOLDS, ClaimResult, main_effects, sane
 from formal_sae.reproduce.evidence import C1Evidence, C2Evidence, C3Evidence, C4Evidence
 from formal_sae.reproduce.scales import Scale
 
@@ -105,8 +105,6 @@ def _c2(ev: C2Evidence) -> list[str]:
         "| factor | validity effect ± SE | (paper's splice) | explained-variance effect | groups |",
         "|---|---|---|---|---|",
     ]
-    from formal_sae.reproduce.claims import sane
-
     good = [c for c in ev.cells if sane(c.explained_variance, c.l0)[0]]
     for v, p, e in zip(main_effects(good), main_effects(good, "validity_paper_splice"), main_effects(good, "explained_variance"),
                        strict=True):  # fmt: skip

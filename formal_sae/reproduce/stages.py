@@ -95,7 +95,9 @@ def run_language(grammar: str, out: Path, scale: Scale, seed: int = 0, device: s
     else:
         rows = sweep(model, dataset, scale.grid(model.cfg.d_model), out / SWEEP_DIR, evaluate_kwargs=scale.sweep_eval)
     c2 = guarded(
-        lambda: stage(out / "c2.json", lambda: c2_evidence(grammar, model, dataset, rows, out, scale).to_dict()),
+        lambda: stage(
+            out / "c2.json", lambda: c2_evidence(grammar, model, dataset, rows, out, scale, model_metrics["validity"]).to_dict()
+        ),
         lambda e: C2Evidence(grammar, failed=e).to_dict(),
     )
     analysed = choose_analysed(rows)
@@ -137,11 +139,14 @@ def factors_of(row: dict[str, Any]) -> dict[str, Any]:
             "pre_bias": bool(row.get("pre_bias"))}  # fmt: skip
 
 
-def _se(row: dict[str, Any], repeats: int) -> float | None:
-    return None if row.get("validity_std") is None else row["validity_std"] / max(repeats, 1) ** 0.5
+def _se(metrics: dict[str, Any], repeats: int) -> float | None:
+    """Standard error of validity from its standard deviation over ``repeats``."""
+    return None if metrics.get("validity_std") is None else metrics["validity_std"] / max(repeats, 1) ** 0.5
 
 
-def c2_evidence(grammar: str, model, dataset, rows: list[dict], out: Path, scale: Scale) -> C2Evidence:
+def c2_evidence(
+    grammar: str, model, dataset, rows: list[dict], out: Path, scale: Scale, model_validity: float | None = None
+) -> C2Evidence:
     """Every cell's factors and outcomes; normalised cells are evaluated again with the paper's raw
     splice (the others splice identically either way)."""
     repeats = scale.sweep_eval.get("repeats", 1)
@@ -151,7 +156,7 @@ def c2_evidence(grammar: str, model, dataset, rows: list[dict], out: Path, scale
         if row.get("normalize_input"):
             sae = load_sae(out / SWEEP_DIR / CELLS_DIR / row["cell_id"])
             m = evaluate_sae(model, sae, dataset, splice="paper", **{**scale.sweep_eval, "max_sentences": 32})
-            paper, paper_se = m["validity"], m["validity_std"] / max(repeats, 1) ** 0.5
+            paper, paper_se = m["validity"], _se(m, repeats)
         cells.append(
             Cell(
                 row["cell_id"],
@@ -164,7 +169,7 @@ def c2_evidence(grammar: str, model, dataset, rows: list[dict], out: Path, scale
                 paper_se,
             )
         )
-    return C2Evidence(grammar, cells, model_validity=read_json(out / MODEL_DIR / "metrics.json")["validity"])
+    return C2Evidence(grammar, cells, model_validity=model_validity)
 
 
 # ------------------------------------------------------------------------------ C1 and C3
@@ -333,9 +338,10 @@ def _c4_measures(model, sae, dataset, pairs, scale: Scale) -> dict[str, float | 
     interp = interpolation_metrics(model, sae, dataset, pairs)
     report = analyze(model, sae, dataset, max_sentences=scale.intervention_sentences)
     # every structural feature's best latent: the same features in both SAEs (matched by feature, not index)
+    values = {t.name: t.values for t in targets_of(report.aligned)}
     structural = {
         name: t["best_latent"] for name, t in report.targets.items()
-        if feature_role(report.aligned.token_ids, _target_values(report, name)) == STRUCTURAL
+        if name in values and feature_role(report.aligned.token_ids, values[name]) == STRUCTURAL
     }  # fmt: skip
     measured = [p for p in effect_predictability(model, sae, dataset, structural, max_sentences=scale.intervention_sentences).values()
                 if p.r2 is not None]  # fmt: skip
@@ -352,7 +358,3 @@ def _c4_measures(model, sae, dataset, pairs, scale: Scale) -> dict[str, float | 
         "ce_loss_score": m["ce_loss_score"],
         "validity": m["validity"],
     }
-
-
-def _target_values(report, name: str) -> np.ndarray:
-    return next(t.values for t in targets_of(report.aligned) if t.name == name)

@@ -52,7 +52,7 @@ from transformer_lens import HookedTransformer
 from formal_sae.activations import DEFAULT_HOOK
 from formal_sae.data import dataset_metadata
 from formal_sae.errors import FormalSAEError, SAEError
-from formal_sae.io import atomic_write_bytes, atomic_write_text, read_json, to_jsonable, write_json
+from formal_sae.io import atomic_write_bytes, atomic_write_text, canonical, read_json, to_jsonable, write_json
 from formal_sae.models import model_fingerprint
 from formal_sae.outputs import check_output, in_progress_path, output_dir
 from formal_sae.saes.evaluation import evaluate_sae
@@ -407,10 +407,6 @@ def _comparable(config: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in config.items() if k != "device"}
 
 
-def _canonical(obj: Any) -> Any:
-    return json.loads(json.dumps(to_jsonable(obj), sort_keys=True))
-
-
 def _manifest(grid: SweepGrid, evaluation: dict[str, Any] | None, model, dataset) -> dict[str, Any]:
     meta = dataset_metadata(dataset)
     return {
@@ -438,10 +434,10 @@ def _check_manifest(out: Path, new: dict[str, Any]) -> None:
     problems = []
     old_cells = {c.get("id"): _comparable(c.get("config", {})) for c in old["grid"].get("cells", [])}
     new_cells = {c["id"]: _comparable(c["config"]) for c in new["grid"]["cells"]}
-    if _canonical(old_cells) != _canonical(new_cells):
+    if canonical(old_cells) != canonical(new_cells):
         only_old = sorted(set(old_cells) - set(new_cells))
         only_new = sorted(set(new_cells) - set(old_cells))
-        changed = sorted(k for k in set(old_cells) & set(new_cells) if _canonical(old_cells[k]) != _canonical(new_cells[k]))
+        changed = sorted(k for k in set(old_cells) & set(new_cells) if canonical(old_cells[k]) != canonical(new_cells[k]))
         detail = "; ".join(
             f"{label}: {', '.join(ids[:5])}{' ...' if len(ids) > 5 else ''}"
             for label, ids in (("cells only there", only_old), ("cells only here", only_new), ("changed cells", changed))
@@ -450,11 +446,11 @@ def _check_manifest(out: Path, new: dict[str, Any]) -> None:
         problems.append(
             f"it holds grid {old['grid'].get('name')!r} ({len(old_cells)} cells), not grid {new['grid']['name']!r} ({len(new_cells)} cells) [{detail}]"
         )
-    if _canonical(old.get("evaluation")) != _canonical(new["evaluation"]):
+    if canonical(old.get("evaluation")) != canonical(new["evaluation"]):
         problems.append(f"its evaluation settings were {old.get('evaluation')}, now {new['evaluation']}")
     if old.get("model", {}).get("fingerprint") != new["model"]["fingerprint"]:
         problems.append(f"it was run on another model ({old.get('model', {}).get('name')}, different weights)")
-    if _canonical(old.get("dataset")) != _canonical(new["dataset"]):
+    if canonical(old.get("dataset")) != canonical(new["dataset"]):
         problems.append(f"it was run on another dataset ({old.get('dataset')})")
     if problems:
         raise SAEError(
@@ -521,7 +517,7 @@ def _finished(cell_dir: Path, cell: SweepCell) -> dict[str, Any] | None:
         record = read_json(path)
     except FormalSAEError:
         return None
-    if not isinstance(record, dict) or _canonical(_comparable(record.get("config", {}))) != _canonical(
+    if not isinstance(record, dict) or canonical(_comparable(record.get("config", {}))) != canonical(
         _comparable(cell.config.to_dict())
     ):
         return None
@@ -841,10 +837,10 @@ def _heatmap_groups(rows: list[dict[str, Any]]) -> dict[str, tuple[str, str, lis
     keys: dict[str, dict[str, Any]] = {}
     for row in rows:
         rest = {f: row.get(f) for f in fields}
-        key = json.dumps([row["sparsity"], _canonical(rest)], sort_keys=True)
+        key = json.dumps([row["sparsity"], canonical(rest)], sort_keys=True)
         groups.setdefault(key, []).append(row)
         keys[key] = rest
-    varying = [f for f in fields if len({json.dumps(_canonical(keys[k][f]), sort_keys=True) for k in groups}) > 1]
+    varying = [f for f in fields if len({json.dumps(canonical(keys[k][f]), sort_keys=True) for k in groups}) > 1]
     out: dict[str, tuple[str, str, list[dict[str, Any]]]] = {}
     for key, group in groups.items():
         first = group[0]
