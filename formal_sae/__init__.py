@@ -6,6 +6,7 @@ interventions.
 
 from formal_sae.analysis import AnalysisReport, analyze
 from formal_sae.analysis.causal_report import CausalReport, causal_report
+from formal_sae.analysis.probes import ProbeReport, probe_direction, probe_features
 from formal_sae.comparison import SAEComparison, compare_saes
 from formal_sae.data import (
     PAPER_PROMPT,
@@ -31,12 +32,15 @@ from formal_sae.grammars import (
     dyck_grammar,
     english_grammar,
     expr_grammar,
+    feature_role,
     list_grammars,
     load_grammar,
 )
 from formal_sae.interventions import (
+    FeatureInterventions,
     Intervention,
     compare_generations,
+    feature_interventions,
     next_token_effects,
     single_latent_effects,
 )
@@ -61,6 +65,7 @@ __all__ = [
     "CausalReport",
     "DatasetError",
     "DatasetMetadata",
+    "FeatureInterventions",
     "FeatureSpec",
     "FormalSAEError",
     "Grammar",
@@ -69,6 +74,7 @@ __all__ = [
     "ModelConfig",
     "ModelError",
     "OutputError",
+    "ProbeReport",
     "SAEComparison",
     "SAEError",
     "SAETrainConfig",
@@ -90,6 +96,8 @@ __all__ = [
     "evaluate_sae",
     "evaluate_validity",
     "expr_grammar",
+    "feature_interventions",
+    "feature_role",
     "generate_dataset",
     "grammar_of",
     "grid_from_dict",
@@ -106,6 +114,8 @@ __all__ = [
     "next_token_effects",
     "output_dir",
     "paper_grid",
+    "probe_direction",
+    "probe_features",
     "prompt_ids",
     "push_dataset_to_hub",
     "sae_architectures",
