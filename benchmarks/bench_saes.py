@@ -41,7 +41,7 @@ from common import fresh_dataset, log, machine, small_model
 
 import formal_sae
 from formal_sae.activations import DEFAULT_HOOK, hook_width
-from formal_sae.saes.sweep import grid_from_dict, paper_grid, sparsity_of, sweep
+from formal_sae.saes.sweep import SweepGrid, paper_grid, sparsity_of, sweep
 from formal_sae.saes.training import SAETrainConfig, cache_activations, flush_denormals, model_name_of, train_sae
 
 TARGET_THROUGHPUT = 0.9  # formal-sae >= 0.9x SAELens
@@ -189,7 +189,7 @@ def sharing(model, args, workdir: Path) -> list[str]:
     tokens = args.sharing_tokens
     # (b1) One panel of the paper's grid (TopK, no normalisation: expansion x k, k <= d_sae), the
     # unit the paper sweeps and plots as one heat map, and the costliest cells to train (TopK).
-    panel = grid_from_dict(
+    panel = SweepGrid.from_dict(
         {
             "name": "topk-panel",
             "base": {"architecture": "paper", "training_tokens": tokens, "batch_size_tokens": 1024, "lr": 1e-3},
@@ -199,7 +199,7 @@ def sharing(model, args, workdir: Path) -> list[str]:
     # (b2) The grid the issue names: a stratified sample of the small-scale paper grid (every
     # variant, L1 and TopK), at its own settings.
     sample, _ = stratified_sample(paper_grid("small", d_in=d_in))
-    grid_sample = grid_from_dict({"name": "paper-small-sample", "cells": [c.to_dict() for c in sample]})
+    grid_sample = SweepGrid.from_dict({"name": "paper-small-sample", "cells": [c.to_dict() for c in sample]})
     most = max(c.config.training_tokens for c in panel.cells + grid_sample.cells)
     ds = fresh_dataset(model, int(most / 4.0) + 2000)  # fresh tokens for every run, as the paper's online data
     w = args.workers

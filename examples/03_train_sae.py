@@ -57,7 +57,7 @@ def main() -> None:
     saes = {}
     for name, cfg in (("topk", topk_cfg), ("paper", paper_cfg)):
         sae = formal_sae.train_sae(model, ds, cfg, out_dir=args.out / f"sae-{name}")
-        print(f"trained {name}: {sae.cfg.d_sae} latents at {sae.cfg.metadata.hook_name} in {sae.formal_sae_train_seconds:.1f}s")
+        print(f"trained {name}: {sae.cfg.d_sae} latents at {sae.cfg.metadata.hook_name} in {formal_sae.train_seconds(sae):.1f}s")
         saes[name] = sae
 
     # --- 2. Evaluate: reconstruction, sparsity, downstream loss, and validity with the SAE spliced in
@@ -75,9 +75,11 @@ def main() -> None:
     for name, m in metrics.items():
         print(
             f"{name:<8}"
-            + "".join(f"{m[c]:>20.3f}" for c in ("explained_variance", "l0", "dead_fraction", "ce_loss_score", "validity"))
+            + "".join(
+                f"{getattr(m, c):>20.3f}" for c in ("explained_variance", "l0", "dead_fraction", "ce_loss_score", "validity")
+            )
         )
-    (args.out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    (args.out / "metrics.json").write_text(json.dumps({name: m.to_dict() for name, m in metrics.items()}, indent=2))
 
     # --- 3. Reload with plain SAELens ---------------------------------------------------------
     # The directories are ordinary SAELens SAEs. (The paper architecture needs `import formal_sae`

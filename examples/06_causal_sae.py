@@ -19,7 +19,7 @@ import argparse
 from common import dataset_and_model, example_parser, parse_example_args
 
 import formal_sae
-from formal_sae.saes.causal_metrics import effect_predictability
+from formal_sae.interventions.predictability import effect_predictability
 
 
 def _fmt(x) -> str:
@@ -76,7 +76,7 @@ def main() -> None:
         # The result is a plain SAELens SAE of the base architecture (here a TopKSAE).
         held_out = formal_sae.held_out_causal_loss(model, sae, ds, distance=args.distance, max_sentences=args.max_sentences)
         print(
-            f"{name}: {type(sae).__name__}, trained in {sae.formal_sae_train_seconds:.1f}s, held-out causal loss {held_out:.4g}"
+            f"{name}: {type(sae).__name__}, trained in {formal_sae.train_seconds(sae):.1f}s, held-out causal loss {held_out:.4g}"
         )
 
     # --- 3. Compare side by side --------------------------------------------------------------

@@ -105,11 +105,11 @@ def main() -> None:
         model, sae, ds, max_sentences=args.max_sentences, n_samples=8 if args.tiny else 128, repeats=1 if args.tiny else 3
     )
     print(
-        f"explained variance {metrics['explained_variance']:.3f}, L0 {metrics['l0']:.1f}, "
-        f"CE loss score {metrics['ce_loss_score']:.3f}, validity with the SAE spliced in {metrics['validity']:.2f}"
+        f"explained variance {metrics.explained_variance:.3f}, L0 {metrics.l0:.1f}, "
+        f"CE loss score {metrics.ce_loss_score:.3f}, validity with the SAE spliced in {metrics.validity:.2f}"
     )
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    (args.out / "metrics.json").write_text(json.dumps(metrics.to_dict(), indent=2))
 
     report = formal_sae.analyze(model, sae, ds, max_sentences=args.max_sentences)
     print(report.to_markdown())

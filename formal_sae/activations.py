@@ -100,6 +100,15 @@ def padded_batch(input_ids: list[list[int]], pad_id: int) -> torch.Tensor:
     return torch.from_numpy(out)
 
 
+def check_split(split: datasets.Dataset, max_sentences: int | None, action: str = "use") -> None:
+    """Refuse an empty split or a ``max_sentences`` below 1 with a :class:`DatasetError` (``action``:
+    what the caller does with the split, for the message)."""
+    if len(split) == 0:
+        raise DatasetError(f"the dataset split is empty; {action} a split with sentences (generate more)")
+    if max_sentences is not None and max_sentences < 1:
+        raise DatasetError(f"max_sentences must be >= 1, got {max_sentences}")
+
+
 def iter_sentence_batches(
     model: HookedTransformer,
     split: datasets.Dataset,
@@ -115,8 +124,7 @@ def iter_sentence_batches(
     ``order``: run exactly these rows, in this order, instead (``max_sentences`` is then ignored).
     """
     check_hook(model, hook_name)
-    if len(split) == 0:
-        raise DatasetError("the dataset split is empty; generate it with more sentences")
+    check_split(split, max_sentences if order is None else None)
     meta: DatasetMetadata = dataset_metadata(split)
     n = len(split) if max_sentences is None else min(len(split), max_sentences)
     if order is not None:

@@ -20,6 +20,7 @@ from formal_sae.analysis import analyze
 from formal_sae.errors import SAEError
 from formal_sae.io import atomic_write_text, read_json, write_json
 from formal_sae.outputs import output_dir
+from formal_sae.plotting import MISSING, number, pyplot
 from formal_sae.saes import check_sae_fits, check_sae_model, evaluate_sae, load_sae
 from formal_sae.saes.causal import held_out_causal_loss
 from formal_sae.saes.causal_metrics import held_out_pairs, interpolation_metrics
@@ -52,8 +53,8 @@ class SAEComparison:
         head = "| SAE | causal beta | " + " | ".join(COLUMNS) + " |"
         lines = [head, "|" + "---|" * (len(COLUMNS) + 2)]
         for r in self.rows:
-            beta = r.get("causal", {}).get("coefficient", "–") if r.get("causal") else "–"
-            lines.append(f"| {r['name']} | {beta} | " + " | ".join(_fmt(r.get(c)) for c in COLUMNS) + " |")
+            beta = r.get("causal", {}).get("coefficient", MISSING) if r.get("causal") else MISSING
+            lines.append(f"| {r['name']} | {beta} | " + " | ".join(number(r.get(c), 4, "g") for c in COLUMNS) + " |")
         return "\n".join(lines) + "\n"
 
     def save(self, out_dir: str | os.PathLike, overwrite: bool = False) -> Path:
@@ -66,10 +67,7 @@ class SAEComparison:
         return Path(out_dir)
 
     def plot(self, path) -> None:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        plt = pyplot()
 
         shown = ("causal_loss", "linearity_error", "explained_variance", "validity")
         fig, axes = plt.subplots(1, len(shown), figsize=(3.0 * len(shown), 3.0))
@@ -81,10 +79,6 @@ class SAEComparison:
         fig.tight_layout()
         fig.savefig(path, dpi=130)
         plt.close(fig)
-
-
-def _fmt(x) -> str:
-    return "–" if x is None else f"{x:.4g}" if isinstance(x, float) else str(x)
 
 
 def compare_saes(

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from transformer_lens import HookedTransformer, TransformerLensKeyValueCache
 
-from formal_sae.data import prompt_ids
+from formal_sae.data import prompt_ids, token_strings
 from formal_sae.errors import ModelError
 from formal_sae.grammars import Grammar
 from formal_sae.models import model_grammar
@@ -199,7 +199,7 @@ def evaluate_validity(
     samples = sample_sequences(
         model, n_samples * repeats, prompt_ids(tok, fmt), max_new_tokens, temperature, seed, fwd_hooks=fwd_hooks, saes=saes
     )
-    id_to_token = tok.convert_ids_to_tokens(list(range(len(tok))))
+    id_to_token = token_strings(tok)
     terminals = frozenset(grammar.terminals)
     verdicts, lengths, depths, examples = [], [], [], []
     depth_memo: dict[tuple[str, ...], int] = {}

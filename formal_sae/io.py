@@ -13,13 +13,51 @@ import json
 import os
 import re
 import secrets
+import shutil
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 from formal_sae.errors import FormalSAEError
 
-#: Name of the temporary file :func:`atomic_write_bytes` writes beside its target (a kill can leave one).
+#: Name of the temporary file or folder :func:`atomic_replace` builds beside its target (a kill can leave one).
 TEMPORARY_NAME = re.compile(r"\..+\.tmp-\d+-[0-9a-f]{8}")
+
+
+def temporary_path(path: str | os.PathLike, kind: str = "tmp") -> Path:
+    """A fresh name beside ``path`` for something written there before it is renamed into place
+    (``kind`` "tmp", matching :data:`TEMPORARY_NAME`) or moved out of the way (``kind`` "old")."""
+    path = Path(path)
+    return path.parent / f".{path.name}.{kind}-{os.getpid()}-{secrets.token_hex(4)}"
+
+
+def atomic_replace(path: str | os.PathLike, write: Callable[[Path], None]) -> None:
+    """formal-sae's one way to replace a file or a folder atomically: ``write(tmp)`` builds it under
+    a temporary name beside ``path``, then it is renamed into place. A kill leaves the old ``path``
+    or the new one, never a half-written one (only the temporary, named by :data:`TEMPORARY_NAME`).
+
+    A folder that already exists is first moved aside, then deleted once the new one is in place
+    (a directory cannot be renamed onto a non-empty one). Whole artifact directories follow
+    :mod:`formal_sae.outputs` instead."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temporary_path(path)
+    try:
+        write(tmp)
+        if tmp.is_dir() and path.is_dir():
+            old = temporary_path(path, "old")
+            os.replace(path, old)
+            os.replace(tmp, path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, path)
+    except BaseException:
+        if tmp.is_dir():
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+        raise
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
@@ -28,29 +66,24 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file and a rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # Not tempfile.mkstemp: it creates files with mode 0600 whatever the umask, and a rename
-    # keeps the mode. os.open with 0666 gives the mode any ordinary tool's output has.
-    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    try:
+    """Write ``data`` to ``path`` through a temporary file and a rename (:func:`atomic_replace`)."""
+
+    def write(tmp: Path) -> None:
+        # Not tempfile.mkstemp: it creates files with mode 0600 whatever the umask, and a rename
+        # keeps the mode. os.open with 0666 gives the mode any ordinary tool's output has.
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+
+    atomic_replace(path, write)
 
 
 def to_jsonable(obj: Any) -> Any:
     """Dataclasses, paths, tuples and numpy/torch scalars as plain JSON values."""
+    if isinstance(obj, Mapping):  # dicts, and result records (formal_sae.records.Record: their JSON form)
+        return {str(k): to_jsonable(v) for k, v in obj.items()}
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
         return {f.name: to_jsonable(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
-    if isinstance(obj, dict):
-        return {str(k): to_jsonable(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
         return [to_jsonable(v) for v in obj]
     if isinstance(obj, os.PathLike):

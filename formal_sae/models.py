@@ -1,8 +1,9 @@
 """Model construction, presets, save and load: the only module that builds a TransformerLens model.
 
-Models are ``sae_lens.HookedSAETransformer`` instances (a ``HookedTransformer`` that SAEs can be
-spliced into with ``add_sae``), built from a :class:`ModelConfig`, carrying their tokenizer and
-the description of the data they were trained on. Keeping construction here means a port to
+Models are :class:`FormalSAEModel` instances: a ``sae_lens.HookedSAETransformer`` (a
+``HookedTransformer`` that SAEs can be spliced into with ``add_sae``), built from a
+:class:`ModelConfig`, carrying their tokenizer, the description of the data they were trained on
+and, once trained, their training metrics. Keeping construction here means a port to
 TransformerLens 4 (``TransformerBridge.boot_native``) touches this file only.
 """
 
@@ -25,22 +26,24 @@ from transformer_lens.components import Unembed
 from transformer_lens.hook_points import HookPoint
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
+from formal_sae.configs import check_fields
 from formal_sae.data import (
     BOS,
     EOS,
     PAD,
     PROMPTS,
-    SPECIAL_TOKENS,
     TOKENIZER_DIR,
     UNK,
     DatasetMetadata,
     build_tokenizer,
     grammar_of,
+    grammar_vocab,
 )
 from formal_sae.errors import FormalSAEError, ModelError
 from formal_sae.grammars import Grammar
 from formal_sae.io import read_json, write_json
 from formal_sae.outputs import output_dir
+from formal_sae.records import Record
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -73,9 +76,7 @@ class ModelConfig:
         """A preset by name, with fields overridden (e.g. ``seed=1``)."""
         if name not in PRESETS:
             raise ModelError(f"unknown model preset {name!r}; choose one of {', '.join(PRESETS)}")
-        unknown = set(overrides) - {f.name for f in dataclasses.fields(cls)}
-        if unknown:
-            raise ModelError(f"unknown ModelConfig field(s) {sorted(unknown)}")
+        check_fields(cls, overrides, ModelError)
         return dataclasses.replace(PRESETS[name], **overrides)
 
     def to_dict(self) -> dict:
@@ -83,8 +84,8 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> ModelConfig:
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
+        check_fields(cls, d, ModelError)
+        return cls(**d)
 
 
 #: Built-in presets. ``paper`` is the authors' model (PAPER.md §3.1): 2 layers, d_model 128,
@@ -120,6 +121,48 @@ class TiedUnembed(Unembed):
         return self.hook_out(F.linear(self.hook_in(residual), self._embed.W_E, self.b_U))
 
 
+@dataclass(eq=False)
+class TrainingMetrics(Record):
+    """What :func:`train_model` measured (``model.formal_sae_metrics``; ``metrics.json`` is its
+    ``to_dict()``). Validity is that of the final model over ``final_validity_repeats`` draws."""
+
+    validity: float
+    validity_std: float
+    val_loss: float
+    steps: int
+    grammar: str
+    preset: str
+    mean_length: float
+    mean_depth: float
+    failures: dict[str, int]
+    train_seconds_this_run: float  # this process only: a resumed run counts from where it resumed
+    real_tokens_per_second_this_run: float
+    history: list[dict[str, float]]  # per evaluation: step, train_loss, val_loss, validity, lr
+
+
+class FormalSAEModel(HookedSAETransformer):
+    """A formal-sae model: a ``HookedSAETransformer`` with the run's metadata as declared attributes.
+
+    Attributes:
+        formal_sae_config: The architecture it was built from (saved in ``config.json``).
+        formal_sae_data: The training dataset's metadata (grammar, prompt, features; saved in
+            ``config.json``), or None for a model built without one.
+        formal_sae_metrics: What :func:`formal_sae.train_model` measured (``metrics.json``), or
+            None for a model that was built or loaded rather than trained in this process.
+    """
+
+    formal_sae_config: ModelConfig
+    formal_sae_data: DatasetMetadata | None
+    formal_sae_metrics: TrainingMetrics | None
+
+    def __init__(self, cfg: HookedTransformerConfig, tokenizer: PreTrainedTokenizerBase, config: ModelConfig,
+                 data: DatasetMetadata | None = None) -> None:  # fmt: skip
+        super().__init__(cfg, tokenizer=tokenizer, move_to_device=False)
+        self.formal_sae_config = config
+        self.formal_sae_data = data
+        self.formal_sae_metrics = None
+
+
 def _hooked_config(config: ModelConfig, d_vocab: int, device: str) -> HookedTransformerConfig:
     return HookedTransformerConfig(
         n_layers=config.n_layers,
@@ -146,7 +189,7 @@ def build_model(
     tokenizer: PreTrainedTokenizerBase,
     data: DatasetMetadata | None = None,
     device: str = "cpu",
-) -> HookedSAETransformer:
+) -> FormalSAEModel:
     """Build a freshly initialised model for a tokenizer's vocabulary.
 
     Initialisation follows the paper: weights ~ N(0, initializer_range), the attention and MLP
@@ -161,7 +204,7 @@ def build_model(
     device = resolve_device(device)
     with warnings.catch_warnings():  # TL 3 warns that HookedTransformer goes away in TL 4; see module docstring
         warnings.simplefilter("ignore", DeprecationWarning)
-        model = HookedSAETransformer(_hooked_config(config, len(tokenizer), device), tokenizer=tokenizer, move_to_device=False)
+        model = FormalSAEModel(_hooked_config(config, len(tokenizer), device), tokenizer, config, data)
     with torch.no_grad():
         std = config.initializer_range / (2 * config.n_layers) ** 0.5
         for block in model.blocks:
@@ -175,30 +218,42 @@ def build_model(
             if name.rsplit(".", 1)[-1].startswith("b"):
                 param.data.zero_()
                 param.requires_grad_(False)
-    model.formal_sae_config = config
-    model.formal_sae_data = data
     return model.to(device, print_details=False)
 
 
-def resolve_device(device: str | torch.device | None) -> str:
-    """Validate a device string, with a clear error for unknown or unavailable devices."""
+def resolve_device(device: str | torch.device | None, available: bool = True) -> str:
+    """Validate a device string, with a clear error for unknown devices and, with ``available``,
+    for devices this machine lacks (a config naming ``cuda`` can still be read on a CPU)."""
     device = str(device or "cpu")
     try:
         dev = torch.device(device)
     except RuntimeError:
         raise ModelError(f"unknown device {device!r}; use 'cpu', 'cuda', 'cuda:N' or 'mps'") from None
+    if dev.type not in ("cpu", "cuda", "mps"):
+        raise ModelError(f"unsupported device {device!r}; use 'cpu', 'cuda', 'cuda:N' or 'mps'")
+    if not available:
+        return device
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ModelError(f"device {device!r} requested but CUDA is not available on this machine; use --device cpu")
     if dev.type == "mps" and not torch.backends.mps.is_available():
         raise ModelError(f"device {device!r} requested but MPS is not available; use --device cpu")
-    if dev.type not in ("cpu", "cuda", "mps"):
-        raise ModelError(f"unsupported device {device!r}; use 'cpu', 'cuda', 'cuda:N' or 'mps'")
     return device
+
+
+def model_data(model: torch.nn.Module) -> DatasetMetadata | None:
+    """The training data's metadata of a :class:`FormalSAEModel` (None for one built without it,
+    and for other TransformerLens models, which carry none)."""
+    return model.formal_sae_data if isinstance(model, FormalSAEModel) else None
+
+
+def model_config(model: torch.nn.Module) -> ModelConfig | None:
+    """The :class:`ModelConfig` of a :class:`FormalSAEModel` (None for other TransformerLens models)."""
+    return model.formal_sae_config if isinstance(model, FormalSAEModel) else None
 
 
 def model_grammar(model: HookedSAETransformer) -> Grammar:
     """The grammar a formal-sae model was trained on."""
-    data = getattr(model, "formal_sae_data", None)
+    data = model_data(model)
     if data is None:
         raise ModelError("this model carries no formal-sae training metadata; pass the grammar explicitly")
     return grammar_of(data)
@@ -227,12 +282,11 @@ def model_fingerprint(model: torch.nn.Module) -> str:
     return h.hexdigest()
 
 
-def save_model(model: HookedSAETransformer, directory: str | os.PathLike, overwrite: bool = False) -> Path:
+def save_model(model: FormalSAEModel, directory: str | os.PathLike, overwrite: bool = False) -> Path:
     """Write ``config.json`` (ModelConfig + training-data metadata), ``model.safetensors`` and the
     tokenizer (``tokenizer/``) as one artifact (see :mod:`formal_sae.outputs`: an existing
     ``directory`` is refused unless ``overwrite``)."""
-    config: ModelConfig = model.formal_sae_config
-    data: DatasetMetadata | None = model.formal_sae_data
+    config, data = model.formal_sae_config, model.formal_sae_data
     with output_dir(directory, "model", {"model": config.to_dict()}, overwrite=overwrite) as work:
         # one metadata key: safetensors writes its metadata in a hash map's order, so two keys came out
         # in either order from run to run and the same model gave different bytes (the preset is in config.json)
@@ -248,7 +302,7 @@ def save_model(model: HookedSAETransformer, directory: str | os.PathLike, overwr
     return Path(directory)
 
 
-def load_model(directory: str | os.PathLike, device: str = "cpu") -> HookedSAETransformer:
+def load_model(directory: str | os.PathLike, device: str = "cpu") -> FormalSAEModel:
     """Load a model saved by :func:`save_model` (or by training) with its tokenizer.
 
     Each file is checked, so that a damaged ``config.json``, tokenizer or ``model.safetensors``
@@ -271,12 +325,12 @@ def load_model(directory: str | os.PathLike, device: str = "cpu") -> HookedSAETr
     try:
         fields = {f.name: f for f in dataclasses.fields(ModelConfig)}
         unknown = sorted(set(saved["model"]) - set(fields))
+        if unknown:  # named as corruption of this file, not as a user's misspelt setting
+            raise corrupt(f"unknown field(s) {unknown}")
         config = ModelConfig.from_dict(saved["model"])
         data = DatasetMetadata(**saved["data"]) if saved.get("data") else None
     except (KeyError, TypeError, AttributeError) as e:
         raise corrupt(_one_line(e)) from None
-    if unknown:  # from_dict ignores them: a misspelt field would silently take its default
-        raise corrupt(f"unknown field(s) {unknown}")
     for name, f in fields.items():
         value, default = getattr(config, name), f.default
         ok = isinstance(value, float | int) if isinstance(default, float) else type(value) is type(default)
@@ -334,7 +388,7 @@ def _load_model_tokenizer(directory: Path, grammar: Grammar | None, d_vocab: obj
         raise ModelError(f"the tokenizer in {files[0]} and {files[1]} is corrupt ({_one_line(e)}); {_MODEL_FIX}") from None
     problem = None
     if grammar is not None:
-        vocab = {tok: i for i, tok in enumerate((*grammar.terminals, *SPECIAL_TOKENS))}
+        vocab = grammar_vocab(grammar)
         specials = {"bos_token": BOS, "eos_token": EOS, "pad_token": PAD, "unk_token": UNK}
         text = " ".join(grammar.terminals)
         if tokenizer.get_vocab() != vocab:

@@ -34,13 +34,24 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from formal_sae.configs import check_fields
 from formal_sae.data import DatasetMetadata, build_tokenizer, column, dataset_metadata, grammar_of
 from formal_sae.errors import FormalSAEError, ModelError
 from formal_sae.generation import evaluate_validity
-from formal_sae.io import read_json, write_json
-from formal_sae.models import ModelConfig, build_model, load_weights, model_state, resolve_device, save_model
+from formal_sae.io import atomic_replace, read_json, write_json
+from formal_sae.models import (
+    FormalSAEModel,
+    ModelConfig,
+    TrainingMetrics,
+    build_model,
+    load_weights,
+    model_state,
+    resolve_device,
+    save_model,
+)
 from formal_sae.outputs import in_progress_path, output_dir
 from formal_sae.packing import PackedBatch, pack_sequences, packed_hooks
+from formal_sae.plotting import pyplot
 from formal_sae.seeding import deterministic
 
 CHECKPOINT_DIR = "checkpoint"
@@ -58,30 +69,50 @@ class TrainConfig:
     """
 
     steps: int = 2000
+    """optimisation steps"""
     batch_size: int = 128
+    """sentences per step"""
     lr: float = 1e-3
+    """peak learning rate (AdamW)"""
     min_lr_ratio: float = 0.1
+    """final learning rate of the cosine schedule, as a fraction of lr"""
     warmup_steps: int = 200
+    """steps of linear warm-up (shortened to a tenth of the run if not shorter than it)"""
     weight_decay: float = 1e-4
+    """AdamW weight decay"""
     beta1: float = 0.9
+    """AdamW beta1"""
     beta2: float = 0.95
+    """AdamW beta2"""
     grad_clip: float = 1.0
+    """gradient-norm clipping"""
     seed: int = 0
+    """seed of the batch order and of validity sampling (formal-sae train-model also initialises the model with it)"""
     eval_every: int = 250
+    """steps between validation losses"""
     checkpoint_every: int = 500
+    """steps between resumable checkpoints"""
     val_sentences: int = 1024
+    """validation sentences for the validation loss"""
     validity_samples: int = 128
+    """generated sentences per validity measurement"""
     final_validity_repeats: int = 5
+    """repeats of the final validity measurement (their spread is validity_std)"""
     micro_batch_tokens: int = 2048
+    """tokens per forward pass (a step accumulates gradients over micro-batches)"""
     device: str = "cpu"
+    """cpu, cuda, cuda:N or mps"""
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict) -> TrainConfig:
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
+        check_fields(cls, d, ModelError)
+        return cls(**d)
+
+    def __post_init__(self) -> None:
+        self.validate()  # a config that exists is a valid one: refused where it is written, not deep in a run
 
     def validate(self) -> None:
         """Refuse invalid settings with a :class:`ModelError` naming the field, its value and the valid
@@ -112,7 +143,7 @@ class TrainConfig:
                 stacklevel=2,
             )
             self.warmup_steps = shorter
-        resolve_device(self.device)
+        resolve_device(self.device, available=False)
 
 
 # ----------------------------------------------------------------------------- batching
@@ -202,13 +233,8 @@ def _save_checkpoint(
     data: DatasetMetadata,
     running: float | None = None,
 ) -> None:
-    tmp = out / f".{CHECKPOINT_DIR}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
     from safetensors.torch import save_file
 
-    save_file(model_state(model), str(tmp / "model.safetensors"))
-    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
     state = {
         "step": step,
         "history": history,
@@ -217,16 +243,14 @@ def _save_checkpoint(
         "train": cfg.to_dict(),
         "grammar_text": data.grammar_text,
     }
-    write_json(tmp / "state.json", state)
-    final = out / CHECKPOINT_DIR
-    if final.exists():
-        old = out / f".{CHECKPOINT_DIR}.old"
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(final, old)
-        os.replace(tmp, final)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, final)
+
+    def write(tmp: Path) -> None:
+        tmp.mkdir()
+        save_file(model_state(model), str(tmp / "model.safetensors"))
+        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        write_json(tmp / "state.json", state)
+
+    atomic_replace(out / CHECKPOINT_DIR, write)  # the whole folder: weights, optimizer and state always agree
 
 
 def _load_checkpoint(out: Path, model, optimizer, data: DatasetMetadata) -> tuple[int, list[dict], float | None]:
@@ -256,10 +280,7 @@ def _load_checkpoint(out: Path, model, optimizer, data: DatasetMetadata) -> tupl
 # ----------------------------------------------------------------------------- plotting
 def plot_training_curve(history: list[dict], path: str | os.PathLike) -> None:
     """Loss and validity against steps, as a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(6, 3.5))
     steps = [h["step"] for h in history]
@@ -293,8 +314,8 @@ def train_model(
     resume: bool = False,
     progress: bool = True,
     overwrite: bool = False,
-):
-    """Train a model on a formal-sae dataset and return it (a ``HookedSAETransformer``).
+) -> FormalSAEModel:
+    """Train a model on a formal-sae dataset and return it, its metrics in ``model.formal_sae_metrics``.
 
     Args:
         dataset: From :func:`formal_sae.build_dataset` / :func:`formal_sae.load_dataset_dir`.
@@ -311,6 +332,7 @@ def train_model(
     """
     train = train or TrainConfig()
     train.validate()
+    resolve_device(train.device)  # available here: validate() checks only the name
     config = ModelConfig.from_preset(config) if isinstance(config, str) else config
     meta = dataset_metadata(dataset)
     for split in ("train", "validation"):
@@ -348,14 +370,16 @@ def train_model(
         write_json(work / TRAIN_CONFIG_FILE, {"model": config.to_dict(), "train": train.to_dict(), "data": meta.__dict__})
         _train_loop(model, dataset, train, meta, grammar, tokenizer, work, progress)
         save_model(model, work)
-        write_json(work / METRICS_FILE, model.formal_sae_metrics)
-        plot_training_curve(model.formal_sae_metrics["history"], work / CURVE_FILE)
-        for name in (CHECKPOINT_DIR, f".{CHECKPOINT_DIR}.tmp", f".{CHECKPOINT_DIR}.old"):
-            shutil.rmtree(work / name, ignore_errors=True)
+        write_json(work / METRICS_FILE, model.formal_sae_metrics.to_dict())
+        plot_training_curve(model.formal_sae_metrics.history, work / CURVE_FILE)
+        for path in (work / CHECKPOINT_DIR, *work.glob(f".{CHECKPOINT_DIR}.*")):  # with what a kill left beside it
+            shutil.rmtree(path, ignore_errors=True)
     return model
 
 
-def _train_loop(model, dataset, train: TrainConfig, meta, grammar, tokenizer, work: Path | None, progress: bool) -> None:
+def _train_loop(
+    model: FormalSAEModel, dataset, train: TrainConfig, meta, grammar, tokenizer, work: Path | None, progress: bool
+) -> None:
     """Train ``model`` in place, checkpointing into (and resuming from) ``work`` when given; sets
     ``model.formal_sae_metrics``."""
     train_seqs, val_seqs = sequences_of(dataset["train"]), sequences_of(dataset["validation"])[: train.val_sentences]
@@ -407,17 +431,17 @@ def _train_loop(model, dataset, train: TrainConfig, meta, grammar, tokenizer, wo
     final = evaluate_validity(
         model, grammar, n_samples=train.validity_samples, repeats=train.final_validity_repeats, seed=train.seed
     )
-    model.formal_sae_metrics = {
-        "validity": final.validity,
-        "validity_std": final.validity_std,
-        "val_loss": history[-1]["val_loss"] if history else validation_loss(model, val_seqs, pad_id),
-        "steps": train.steps,
-        "grammar": meta.grammar,
-        "preset": config.preset,
-        "mean_length": final.mean_length,
-        "mean_depth": final.mean_depth,
-        "failures": final.failures,
-        "train_seconds_this_run": elapsed,
-        "real_tokens_per_second_this_run": real_tokens / elapsed if elapsed > 0 else float("nan"),
-        "history": history,
-    }
+    model.formal_sae_metrics = TrainingMetrics(
+        validity=final.validity,
+        validity_std=final.validity_std,
+        val_loss=history[-1]["val_loss"] if history else validation_loss(model, val_seqs, pad_id),
+        steps=train.steps,
+        grammar=meta.grammar,
+        preset=config.preset,
+        mean_length=final.mean_length,
+        mean_depth=final.mean_depth,
+        failures=final.failures,
+        train_seconds_this_run=elapsed,
+        real_tokens_per_second_this_run=real_tokens / elapsed if elapsed > 0 else float("nan"),
+        history=history,
+    )

@@ -142,7 +142,7 @@ def build_artifacts(root: Path) -> Artifacts:
         config = formal_sae.SAETrainConfig(k=4, expansion_factor=2, training_tokens=512, batch_size_tokens=64)
         formal_sae.train_sae(model, ds, config, out_dir=root / "sae")
         (root / "grid.json").write_text(json.dumps(GRID))
-        formal_sae.sweep(model, ds, root / "grid.json", root / "sweep", evaluate_kwargs=EVALUATION, progress=False, plots=False)
+        formal_sae.sweep(model, ds, root / "grid.json", root / "sweep", evaluation=EVALUATION, progress=False, plots=False)
     interrupted(root / "sweep", root / "sweep.in-progress")
     (root / "grammar").mkdir()
     (root / "grammar" / "grammar.pcfg").write_text(GRAMMAR_TEXT)
@@ -195,7 +195,7 @@ def command(arts: Artifacts, artifact: str, copy: Path, out: Path) -> list[str]:
         paths["sae"] = copy / "cells" / first_cell(copy)
     if artifact == "model":  # not through an SAE: its stored model fingerprint would catch flipped weights first
         return ["train-sae", "--model", str(copy), "--data", str(arts.data), "--out", str(out), "--training-tokens", "128",
-                "--batch-size-tokens", "64", "--k", "4", "--expansion", "1", "--n-samples", "2", "--repeats", "1"]  # fmt: skip
+                "--batch-size-tokens", "64", "--k", "4", "--expansion-factor", "1", "--n-samples", "2", "--repeats", "1"]  # fmt: skip
     loaded = ["--model", str(paths["model"]), "--sae", str(paths["sae"]), "--data", str(paths["data"]), "--out", str(out)]
     if artifact == "data":  # analyze reads every feature column
         return ["analyze", *loaded, "--max-sentences", "4"]

@@ -16,10 +16,11 @@ import formal_sae
 from formal_sae.cli import build_parser, main
 from formal_sae.errors import GrammarError, ModelError, SAEError
 from formal_sae.interventions import Intervention, single_latent_effects
+from formal_sae.interventions.predictability import effect_predictability
 from formal_sae.reproduce import SCALES
 from formal_sae.saes import check_sae_model, evaluate_sae, load_sae, train_sae
 from formal_sae.saes.causal import CausalConfig
-from formal_sae.saes.causal_metrics import effect_predictability, held_out_pairs, interpolation_metrics
+from formal_sae.saes.causal_metrics import held_out_pairs, interpolation_metrics
 from formal_sae.saes.training import TRAIN_CONFIG_FILE, SAETrainConfig
 from formal_sae.training import TrainConfig, lr_at
 
@@ -221,7 +222,7 @@ def test_k_must_fit_the_dictionary():
 def test_cli_train_sae_refuses_a_negative_l1(saved, tmp_path, capsys):
     root, _ = saved
     argv = ["train-sae", "--model", str(root / "model"), "--data", str(root / "data"), "--out", str(tmp_path / "anti")]
-    assert main([*argv, "--architecture", "standard", "--l1", "-1"]) == 2
+    assert main([*argv, "--architecture", "standard", "--l1-coefficient", "-1"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("formal-sae train-sae: error: ") and "\n" not in err
     assert "l1_coefficient must be > 0, got -1.0" in err
@@ -262,18 +263,17 @@ def test_lm_train_config_refuses_bad_rates(settings, message):
 
 # ---------------------------------------------------------------------------- warm-up longer than the run
 def test_lm_warmup_longer_than_the_run_is_shortened_with_a_warning(ds, tmp_path):
-    cfg = TrainConfig(steps=50, warmup_steps=200)
     with pytest.warns(UserWarning, match=r"warmup_steps=200 is not shorter than the run \(steps=50\).*using warmup_steps=5"):
-        cfg.validate()
+        cfg = TrainConfig(steps=50, warmup_steps=200)  # validated when built
     assert cfg.warmup_steps == 5
     assert max(lr_at(step, cfg) for step in range(cfg.steps)) == pytest.approx(cfg.lr)
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)
         cfg.validate()  # adjusted once: validating again (e.g. on resume) changes nothing
         TrainConfig(steps=50, warmup_steps=49).validate()
-    train = TrainConfig(steps=4, batch_size=16, eval_every=4, val_sentences=8, validity_samples=4, final_validity_repeats=1)
     with pytest.warns(UserWarning, match=r"warmup_steps=200 .* using warmup_steps=0"):
-        formal_sae.train_model(ds, "tiny", train, out_dir=tmp_path / "model", progress=False)
+        train = TrainConfig(steps=4, batch_size=16, eval_every=4, val_sentences=8, validity_samples=4, final_validity_repeats=1)
+    formal_sae.train_model(ds, "tiny", train, out_dir=tmp_path / "model", progress=False)
     assert json.loads((tmp_path / "model" / "train_config.json").read_text())["train"]["warmup_steps"] == 0  # what ran
 
 
@@ -283,9 +283,8 @@ def test_sae_warmup_longer_than_the_run_is_shortened_with_a_warning(trained_sae)
     assert f"lr_warm_up_steps={SAE_WARM_UP} is not shorter than the run (20 steps" in str(caught[0].message)
     assert "using lr_warm_up_steps=2" in str(caught[0].message)
     assert json.loads((out / TRAIN_CONFIG_FILE).read_text())["lr_warm_up_steps"] == 2  # the saved config is what ran
-    cfg = SAETrainConfig(training_tokens=512, batch_size_tokens=128, lr_warm_up_steps=4)
     with pytest.warns(UserWarning, match=r"lr_warm_up_steps=4 .* using lr_warm_up_steps=0"):
-        cfg.validate()
+        cfg = SAETrainConfig(training_tokens=512, batch_size_tokens=128, lr_warm_up_steps=4)  # validated when built
     assert cfg.lr_warm_up_steps == 0
 
 

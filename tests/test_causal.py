@@ -285,7 +285,7 @@ def causal_dir(model, ds, tmp_path_factory):
     after = model.state_dict()
     assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
     assert [p.requires_grad for p in model.parameters()] == grads  # frozen during training only
-    assert sae.formal_sae_train_seconds > 0
+    assert formal_sae.train_seconds(sae) > 0
     return out
 
 
@@ -373,8 +373,30 @@ def cli_dirs(model, ds, tmp_path_factory):
 def test_cli_trains_a_causal_sae_and_compares_it(cli_dirs, model, ds, capsys):
     root = cli_dirs
     common = ["--model", str(root / "model"), "--data", str(root / "data")]
-    args = ["train-sae", *common, "--out", str(root / "causal"), "--k", "4", "--expansion", "2", "--causal-coefficient", "10"]
-    rest = ["--pretrain-steps", "5", "--causal-steps", "5", "--training-tokens", "5000", "--n-samples", "8", "--repeats", "2"]
+    args = [
+        "train-sae",
+        *common,
+        "--out",
+        str(root / "causal"),
+        "--k",
+        "4",
+        "--expansion-factor",
+        "2",
+        "--causal-coefficient",
+        "10",
+    ]
+    rest = [
+        "--causal-pretrain-steps",
+        "5",
+        "--causal-steps",
+        "5",
+        "--training-tokens",
+        "5000",
+        "--n-samples",
+        "8",
+        "--repeats",
+        "2",
+    ]
     assert main([*args, *rest]) == 0
     metrics = json.loads((root / "causal" / "metrics.json").read_text())
     assert metrics["causal_loss"] > 0 and 0 <= metrics["validity"] <= 1

@@ -21,12 +21,11 @@ from sae_lens.saes.sae import SAEMetadata
 
 import formal_sae
 from formal_sae.errors import DatasetError
+from formal_sae.interventions.predictability import Predictability, effect_predictability
 from formal_sae.saes import build_training_sae
 from formal_sae.saes.causal_metrics import (
     HeldOutPairs,
     InterpolationMetrics,
-    Predictability,
-    effect_predictability,
     held_out_pairs,
     interpolation_metrics,
 )

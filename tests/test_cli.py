@@ -222,3 +222,67 @@ def test_installed_script(tmp_path):
     assert (out / "tokenizer" / "tokenizer.json").is_file()
     assert ds["train"]["text"] == formal_sae.build_dataset("expr", 12, 3, 2, seed=9)["train"]["text"]
     assert "Traceback" not in ok.stderr
+
+
+# ---------------------------------------------------------------------------- the generated options
+def _help(capsys, command: str) -> str:
+    with pytest.raises(SystemExit) as info:
+        main([command, "--help"])
+    assert info.value.code == 0
+    return capsys.readouterr().out
+
+
+def _flags(help_text: str) -> set[str]:
+    """The flags of the usage lines (up to the first blank line), but --help; ``-k`` as ``--k``."""
+    usage = help_text.split("\n\n")[0]
+    found = re.findall(r"[\[ ](--?[a-z0-9][a-z0-9-]*)", usage)
+    return {"--" + flag.lstrip("-") for flag in found} - {"--h", "--help"}
+
+
+def test_every_config_field_is_a_flag_with_its_default(capsys):
+    """train-sae's flags are SAETrainConfig's (and CausalConfig's, prefixed) fields, defaults and all."""
+    import dataclasses
+
+    raw = _help(capsys, "train-sae")
+    flags, help_text = _flags(raw), " ".join(raw.split())
+    for f in dataclasses.fields(formal_sae.SAETrainConfig):
+        flag = "--" + f.name.replace("_", "-")
+        assert flag in flags, flag
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        if default is not None:
+            assert re.search(rf"{re.escape(flag)} .*?\(default: {re.escape(str(default))}\)", help_text), flag
+    for f in dataclasses.fields(formal_sae.CausalConfig):
+        assert "--causal-" + f.name.replace("_", "-") in flags
+
+
+def test_no_flag_is_declared_outside_the_dataclasses(capsys):
+    import dataclasses
+
+    from formal_sae.cli import COMMANDS
+
+    for command in COMMANDS:
+        names, todo = set(), [command]
+        while todo:
+            for f in dataclasses.fields(todo.pop()):
+                config = f.metadata.get("config")
+                if config is not None:  # a prefixed configuration: --PREFIX-FIELD
+                    names |= {f.metadata["prefix"] + g.name for g in dataclasses.fields(config)}
+                elif isinstance(f.default_factory, type) and dataclasses.is_dataclass(f.default_factory):
+                    todo.append(f.default_factory)  # a nested configuration: its fields are flags
+                else:
+                    names.add(f.name)
+        declared = {"--" + n.replace("_", "-") for n in names} | {"--no-" + n.replace("_", "-") for n in names}
+        flags = _flags(_help(capsys, command.name))
+        assert flags <= declared, (command.name, flags - declared)
+        assert flags >= {"--" + n.replace("_", "-") for n in names if n not in ("grammar", "saes")}, command.name
+        assert "." not in _help(capsys, command.name).split("\n\n")[0]  # no name clash made simple_parsing prefix a flag
+
+
+def test_the_causal_term_is_on_only_when_a_causal_flag_is_given():
+    from formal_sae.cli import build_parser
+
+    base = ["train-sae", "--model", "m", "--data", "d", "--out", "o"]
+    assert build_parser().parse_args(base).causal is None
+    command = build_parser().parse_args([*base, "--causal-coefficient", "1.0", "--l1-coefficient=0.5"])
+    assert command.causal == formal_sae.CausalConfig(coefficient=1.0) and command.sae.l1_coefficient == 0.5
+    assert build_parser().parse_args([*base, "--causal-steps=7"]).causal.steps == 7

@@ -328,6 +328,16 @@ def test_default_build_leaves_no_temporary_directories(tmp_path, monkeypatch, ex
     assert not [n for n in names if n.startswith(("formal-sae-data-", "formal-sae-gen-"))], names
 
 
+def test_build_tokenizer_without_a_folder_leaves_no_temporary_directory(tmp_path, monkeypatch, expr):
+    monkeypatch.setattr("tempfile.tempdir", str(tmp_path))
+    formal_sae.build_tokenizer(expr)  # may make the process's one temporary directory
+    before = sorted(p.name for p in tmp_path.iterdir())
+    tok = formal_sae.build_tokenizer(expr)
+    formal_sae.build_tokenizer(formal_sae.load_grammar("dyck2"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # none left per call
+    assert tok("dig0 un0")["input_ids"] == [special_id(expr, "<bos>"), *sentence_ids(expr, ["dig0", "un0"])]
+
+
 # ---------------------------------------------------------------------------- bad input
 @pytest.mark.parametrize(
     ("kwargs", "message"),

@@ -20,11 +20,11 @@ from scipy import stats
 
 import formal_sae
 from formal_sae import FormalSAEError
+from formal_sae.analysis.causal_report import causal_report
 from formal_sae.cli import main
 from formal_sae.generation import sample_sequences
 from formal_sae.interventions import (
     Intervention,
-    causal_report,
     compare_generations,
     effects_loop_baseline,
     latent_ranges,

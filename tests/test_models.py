@@ -149,7 +149,9 @@ def test_from_preset_overrides_and_rejects_unknown_fields():
     assert PRESETS["small"].seed == 0 and PRESETS["small"].n_ctx == 128  # the preset itself is unchanged
     with pytest.raises(ModelError, match=r"unknown ModelConfig field\(s\) \['width'\]"):
         ModelConfig.from_preset("small", width=3)
-    assert ModelConfig.from_dict(cfg.to_dict() | {"future_field": 1}) == cfg
+    assert ModelConfig.from_dict(cfg.to_dict()) == cfg
+    with pytest.raises(ModelError, match=r"unknown ModelConfig field\(s\) \['future_field'\]"):
+        ModelConfig.from_dict(cfg.to_dict() | {"future_field": 1})
 
 
 # ---------------------------------------------------------------------------- tokenizer

@@ -12,7 +12,7 @@ from formal_sae.outputs import _write_marker
 from formal_sae.reproduce import SCALES, reproduce, stages
 from formal_sae.reproduce.claims import MIXED, NOT_SUPPORTED, NOT_TESTED, SUPPORTED
 from formal_sae.reproduce.scales import Scale
-from formal_sae.saes.sweep import grid_from_dict
+from formal_sae.saes.sweep import SweepGrid
 
 VERDICTS = {SUPPORTED, MIXED, NOT_SUPPORTED, NOT_TESTED}
 
@@ -25,7 +25,7 @@ def tiny_grid(d_in: int):
         {"k": 4, "expansion_factor": 1},
         {"l1_coefficient": 1.0},
     ]
-    return grid_from_dict({"name": "tiny", "base": base, "cells": cells})
+    return SweepGrid.from_dict({"name": "tiny", "base": base, "cells": cells})
 
 
 TINY = Scale(

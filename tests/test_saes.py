@@ -539,7 +539,7 @@ def test_cli_train_sae_writes_the_sae_and_its_metrics(model, ds, tmp_path, capsy
     formal_sae.save_model(model, model_dir)
     formal_sae.save_dataset(ds, data_dir)
     common = ["train-sae", "--model", str(model_dir), "--data", str(data_dir), "--architecture", "topk", "--k", "4"]
-    rest = ["--expansion", "2", "--training-tokens", "2000", "--n-samples", "8", "--repeats", "2"]
+    rest = ["--expansion-factor", "2", "--training-tokens", "2000", "--n-samples", "8", "--repeats", "2"]
     assert main([*common, "--out", str(out), *rest]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     required = {"explained_variance", "mse", "l0", "dead_fraction", "ce_loss_score", "kl_div_score", "validity", "validity_std"}
@@ -551,7 +551,7 @@ def test_cli_train_sae_writes_the_sae_and_its_metrics(model, ds, tmp_path, capsy
     capsys.readouterr()
 
     bad = tmp_path / "bad"
-    assert main([*common, "--out", str(bad), *rest, "--hook", "blocks.0.hook_nothing"]) == 2
+    assert main([*common, "--out", str(bad), *rest, "--hook-name", "blocks.0.hook_nothing"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("formal-sae train-sae: error: ") and "no hook point 'blocks.0.hook_nothing'" in err
     assert "\n" not in err and "Traceback" not in err

@@ -12,9 +12,9 @@ import formal_sae
 from formal_sae.cli import main
 from formal_sae.errors import OutputError, SAEError
 from formal_sae.outputs import in_progress_path
-from formal_sae.saes import sweep as sweep_mod
 from formal_sae.saes import training as training_mod
-from formal_sae.saes.sweep import SweepGrid, grid_from_dict, load_grid, paper_grid, sweep
+from formal_sae.saes.sweep import SweepGrid, load_grid, paper_grid, sweep
+from formal_sae.saes.sweep import runner as sweep_mod
 
 POST, MID = "blocks.0.hook_resid_post", "blocks.0.hook_resid_mid"
 EVAL = {"n_samples": 4, "repeats": 1, "max_sentences": 16, "batch_size": 16}
@@ -70,12 +70,12 @@ def swept(setup, tmp_path_factory):
         train = Counter(sweep_mod.train_sae)
         mp.setattr(training_mod, "collect_activations", collect)
         mp.setattr(sweep_mod, "train_sae", train)
-        rows = sweep(model, ds, TINY_GRID, out, evaluate_kwargs=EVAL, progress=False)
+        rows = sweep(model, ds, TINY_GRID, out, evaluation=EVAL, progress=False)
     return out, rows, collect, train
 
 
 def test_grid_from_dict_is_the_cartesian_product_with_stable_ids(tmp_path):
-    grid = grid_from_dict(
+    grid = SweepGrid.from_dict(
         {
             "name": "g",
             "base": {"training_tokens": 1000},
@@ -98,15 +98,15 @@ def test_grid_from_dict_is_the_cartesian_product_with_stable_ids(tmp_path):
     assert again == grid
     grid.save(tmp_path / "g.json")
     assert load_grid(tmp_path / "g.json") == grid
-    assert grid_from_dict({"name": "l1", "axes": {"architecture": ["standard"], "l1_coefficient": [0.1]}}).ids == [
+    assert SweepGrid.from_dict({"name": "l1", "axes": {"architecture": ["standard"], "l1_coefficient": [0.1]}}).ids == [
         "standard-a0.1"
     ]
     with pytest.raises(SAEError, match="not SAETrainConfig fields"):
-        grid_from_dict({"name": "bad", "axes": {"kk": [1]}})
+        SweepGrid.from_dict({"name": "bad", "axes": {"kk": [1]}})
     with pytest.raises(SAEError, match="unique"):
-        grid_from_dict({"name": "dup", "cells": [{"id": "a", "k": 8}, {"id": "a", "k": 16}]})
+        SweepGrid.from_dict({"name": "dup", "cells": [{"id": "a", "k": 8}, {"id": "a", "k": 16}]})
     with pytest.raises(SAEError, match=r"cell 'k8-a0\.1'"):  # TopK and L1 together
-        grid_from_dict({"name": "both", "base": {"architecture": "paper"}, "axes": {"k": [8], "l1_coefficient": [0.1]}})
+        SweepGrid.from_dict({"name": "both", "base": {"architecture": "paper"}, "axes": {"k": [8], "l1_coefficient": [0.1]}})
     with pytest.raises(SAEError, match="unknown grid"):
         load_grid("no-such-grid")
 
@@ -135,7 +135,7 @@ def test_paper_grid_cell_counts_match_the_paper():
 
 def test_sweep_writes_results_heatmaps_and_loadable_saes(swept):
     out, rows, _, train = swept
-    grid = grid_from_dict(TINY_GRID)
+    grid = SweepGrid.from_dict(TINY_GRID)
     assert [r["cell_id"] for r in rows] == grid.ids and len(train.calls) == 4
     for name in ("grid.json", "results.csv", "results.json", "results.md"):
         assert (out / name).is_file()
@@ -170,12 +170,12 @@ def test_resume_skips_finished_cells_and_gives_the_same_results(setup, swept, tm
     model, ds = setup
     out, rows, _, _ = swept
     with pytest.raises(OutputError, match="already exists and holds a formal-sae sweep; pass overwrite=True"):
-        sweep(model, ds, TINY_GRID, out, evaluate_kwargs=EVAL, progress=False)
+        sweep(model, ds, TINY_GRID, out, evaluation=EVAL, progress=False)
     again_dir = tmp_path / "again"
-    interrupt_sweep(model, ds, TINY_GRID, again_dir, after=2, evaluate_kwargs=EVAL)
+    interrupt_sweep(model, ds, TINY_GRID, again_dir, after=2, evaluation=EVAL)
     train = Counter(sweep_mod.train_sae)
     monkeypatch.setattr(sweep_mod, "train_sae", train)
-    again = sweep(model, ds, TINY_GRID, again_dir, evaluate_kwargs=EVAL, progress=False)
+    again = sweep(model, ds, TINY_GRID, again_dir, evaluation=EVAL, progress=False)
     assert len(train.calls) == 2  # the two cells the interrupted run had not finished
     assert [without_timings(r) for r in again] == [without_timings(r) for r in rows]
     assert not in_progress_path(again_dir).exists()
@@ -184,16 +184,16 @@ def test_resume_skips_finished_cells_and_gives_the_same_results(setup, swept, tm
 def test_a_different_grid_or_evaluation_is_refused_when_resuming(setup, tmp_path, monkeypatch):
     model, ds = setup
     out = tmp_path / "sweep"
-    interrupt_sweep(model, ds, TINY_GRID, out, after=1, evaluate_kwargs=EVAL)
+    interrupt_sweep(model, ds, TINY_GRID, out, after=1, evaluation=EVAL)
     train = Counter(sweep_mod.train_sae)
     monkeypatch.setattr(sweep_mod, "train_sae", train)
     other = {**TINY_GRID, "axes": {"hook_name": [POST], "k": [4, 16]}}
     with pytest.raises(SAEError, match=r"holds a different sweep.*cells only here: .*k16.*pass overwrite=True"):
-        sweep(model, ds, other, out, evaluate_kwargs=EVAL, progress=False)
+        sweep(model, ds, other, out, evaluation=EVAL, progress=False)
     with pytest.raises(SAEError, match="evaluation settings"):
-        sweep(model, ds, TINY_GRID, out, evaluate_kwargs={**EVAL, "n_samples": 8}, progress=False)
+        sweep(model, ds, TINY_GRID, out, evaluation={**EVAL, "n_samples": 8}, progress=False)
     assert train.calls == []
-    rows = sweep(model, ds, other, out, evaluate_kwargs=EVAL, progress=False, overwrite=True)  # discards it
+    rows = sweep(model, ds, other, out, evaluation=EVAL, progress=False, overwrite=True)  # discards it
     assert [r["k"] for r in rows] == [4, 16] and len(train.calls) == 2
 
 
@@ -223,12 +223,12 @@ def test_workers_train_the_same_saes_as_one_process_on_one_thread(setup, tmp_pat
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        here = sweep(model, ds, TINY_GRID, tmp_path / "here", evaluate_kwargs=EVAL, progress=False, plots=False)
+        here = sweep(model, ds, TINY_GRID, tmp_path / "here", evaluation=EVAL, progress=False, plots=False)
     finally:
         torch.set_num_threads(threads)
     train = Counter(sweep_mod.train_sae)
     monkeypatch.setattr(sweep_mod, "train_sae", train)
-    forked = sweep(model, ds, TINY_GRID, tmp_path / "forked", evaluate_kwargs=EVAL, progress=False, plots=False, workers=2)
+    forked = sweep(model, ds, TINY_GRID, tmp_path / "forked", evaluation=EVAL, progress=False, plots=False, workers=2)
     assert train.calls == []  # every cell ran in a worker process
     assert [without_timings(r) for r in forked] == [without_timings(r) for r in here]
     for row in here:
@@ -238,12 +238,12 @@ def test_workers_train_the_same_saes_as_one_process_on_one_thread(setup, tmp_pat
     monkeypatch.undo()
     torch.set_num_threads(1)
     try:
-        interrupt_sweep(model, ds, TINY_GRID, tmp_path / "resumed", after=3, evaluate_kwargs=EVAL, plots=False)
+        interrupt_sweep(model, ds, TINY_GRID, tmp_path / "resumed", after=3, evaluation=EVAL, plots=False)
     finally:
         torch.set_num_threads(threads)
     train = Counter(sweep_mod.train_sae)
     monkeypatch.setattr(sweep_mod, "train_sae", train)
-    again = sweep(model, ds, TINY_GRID, tmp_path / "resumed", evaluate_kwargs=EVAL, progress=False, plots=False, workers=2)
+    again = sweep(model, ds, TINY_GRID, tmp_path / "resumed", evaluation=EVAL, progress=False, plots=False, workers=2)
     assert train.calls == [] and [without_timings(r) for r in again] == [without_timings(r) for r in here]
     a, b = (_saved_state(tmp_path / run / "cells" / here[3]["cell_id"]) for run in ("here", "resumed"))
     assert all(torch.equal(a[k], b[k]) for k in a)
@@ -292,7 +292,7 @@ def test_cli_sweep_with_workers_writes_every_cell_and_refuses_bad_workers(setup,
     evaluation = ["--n-samples", "4", "--repeats", "1", "--max-sentences", "16"]
     assert main([*common, "--out", str(tmp_path / "out"), *evaluation, "--workers", "2"]) == 0
     rows = json.loads((tmp_path / "out" / "results.json").read_text())
-    assert [r["cell_id"] for r in rows] == [c.id for c in grid_from_dict(TINY_GRID).cells]
+    assert [r["cell_id"] for r in rows] == [c.id for c in SweepGrid.from_dict(TINY_GRID).cells]
     assert all(0 <= r["validity"] <= 1 for r in rows)
     assert "wrote" in capsys.readouterr().out
     assert main([*common, "--out", str(tmp_path / "bad"), *evaluation, "--workers", "0"]) == 2

@@ -324,7 +324,7 @@ def test_training_writes_its_outputs(run_a, expr_ds):
     assert metrics["steps"] == 30 and isinstance(metrics["steps"], int)
     assert metrics["grammar"] == "expr" and metrics["preset"] == "tiny"
     assert metrics["val_loss"] == metrics["history"][-1]["val_loss"]
-    assert metrics == json.loads(json.dumps(model.formal_sae_metrics))
+    assert metrics == json.loads(json.dumps(model.formal_sae_metrics.to_dict()))
     train_config = json.loads((out / "train_config.json").read_text())
     assert train_config["train"] == small_train().to_dict()
     assert train_config["model"] == ModelConfig.from_preset("tiny").to_dict()

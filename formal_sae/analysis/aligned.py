@@ -16,9 +16,8 @@ import numpy as np
 import torch
 from sae_lens import SAE
 
-from formal_sae.activations import iter_sentence_batches
+from formal_sae.activations import check_split, iter_sentence_batches
 from formal_sae.data import column, dataset_metadata
-from formal_sae.errors import DatasetError
 from formal_sae.grammars import FeatureSpec
 
 
@@ -74,10 +73,7 @@ def collect_aligned(
     model, sae: SAE, split: datasets.Dataset, max_sentences: int | None = None, batch_size: int = 256
 ) -> AlignedLatents:
     """Run the model and the SAE over ``split`` and align latents with token features."""
-    if len(split) == 0:
-        raise DatasetError("the dataset split is empty; analyse a split with sentences")
-    if max_sentences is not None and max_sentences < 1:
-        raise DatasetError(f"max_sentences must be >= 1, got {max_sentences}")
+    check_split(split, max_sentences, "analyse")
     meta = dataset_metadata(split)
     specs = {s.name: s for s in meta.feature_specs}
     columns = {name: column(split, name) for name in specs}

@@ -16,11 +16,55 @@ from scipy import stats
 
 from formal_sae.analysis.report import AnalysisReport, analyze
 from formal_sae.interventions.effects import single_latent_effects
+from formal_sae.plotting import pyplot
+from formal_sae.records import Record
 from formal_sae.saes.evaluation import check_sae_fits, check_sae_model
 
 #: A latent is "correlated" with a target when |Pearson| >= this, "uncorrelated" below 0.3.
 CORRELATED = 0.5
 UNCORRELATED = 0.3
+#: Files :meth:`CausalReport.save` writes.
+REPORT_JSON, REPORT_MD, SCATTER_PNG = "report.json", "report.md", "correlation_vs_effect.png"
+
+
+@dataclass(eq=False)
+class LatentEffect(Record):
+    """One latent: its strongest correlation with any target, its ablation effect and its flag
+    (``"correlated_not_causal"``, ``"causal_not_correlated"`` or None)."""
+
+    latent: int
+    max_abs_pearson: float
+    effect: float  # class total variation at the tokens where it fires
+    kl: float
+    n_active: int  # tokens where it fires (0: dead, never flagged)
+    flag: str | None
+
+
+@dataclass(eq=False)
+class TargetLatent(Record):
+    """One of a target's best-correlated latents, with its ranks both ways."""
+
+    latent: int
+    pearson: float
+    rank_by_correlation: int
+    effect: float
+    kl: float
+    rank_by_effect: int
+    flag: str | None
+
+
+@dataclass(eq=False)
+class CausalSummary(Record):
+    """The report's counts (the top-level keys of its ``report.json``)."""
+
+    grammar: str
+    hook_name: str
+    d_sae: int
+    n_live: int
+    median_effect: float
+    n_correlated_not_causal: int
+    n_causal_not_correlated: int
+    rank_agreement: float  # Spearman of max |rho| and effect over live latents (NaN with < 3)
 
 
 @dataclass
@@ -28,25 +72,29 @@ class CausalReport:
     """Correlation vs causal effect of SAE latents: per target its best-correlated latents with
     their ablation effects, and flags for the two kinds of mismatch."""
 
-    targets: dict[str, list[dict[str, Any]]]
-    latents: list[dict[str, Any]]
-    summary: dict[str, Any]
+    targets: dict[str, list[TargetLatent]]
+    latents: list[LatentEffect]
+    summary: CausalSummary
 
     def to_dict(self) -> dict[str, Any]:
-        return {**self.summary, "targets": self.targets, "latents": self.latents}
+        return {
+            **self.summary.to_dict(),
+            "targets": {name: [r.to_dict() for r in rows] for name, rows in self.targets.items()},
+            "latents": [r.to_dict() for r in self.latents],
+        }
 
     def to_markdown(self) -> str:
         s = self.summary
         lines = [
-            f"# Correlation vs causation: {s['grammar']}, {s['d_sae']}-latent SAE at `{s['hook_name']}`",
+            f"# Correlation vs causation: {s.grammar}, {s.d_sae}-latent SAE at `{s.hook_name}`",
             "",
             "Causal effect of a latent = mean total variation of the next-token distribution over grammar classes "
             "when the latent alone is zero-ablated (with the SAE error term), at the tokens where it fires.",
-            f"High effect = at least the live latents' median ({s['median_effect']:.2e}).",
+            f"High effect = at least the live latents' median ({s.median_effect:.2e}).",
             "",
-            f"- correlated (|rho| >= {CORRELATED}) but with little effect: **{s['n_correlated_not_causal']}** latents",
-            f"- effect in the top decile but uncorrelated (max |rho| < {UNCORRELATED}): **{s['n_causal_not_correlated']}** latents",
-            f"- Spearman rank correlation between max |rho| and effect over live latents: {s['rank_agreement']:.3f}",
+            f"- correlated (|rho| >= {CORRELATED}) but with little effect: **{s.n_correlated_not_causal}** latents",
+            f"- effect in the top decile but uncorrelated (max |rho| < {UNCORRELATED}): **{s.n_causal_not_correlated}** latents",
+            f"- Spearman rank correlation between max |rho| and effect over live latents: {s.rank_agreement:.3f}",
             "",
             "| target | latent | Pearson | rank by abs(rho) | effect (class TV) | KL | rank by effect | flag |",
             "|---|---|---|---|---|---|---|---|",
@@ -54,8 +102,8 @@ class CausalReport:
         for name, rows in self.targets.items():
             for r in rows:
                 lines.append(
-                    f"| `{name}` | {r['latent']} | {r['pearson']:.3f} | {r['rank_by_correlation']} | {r['effect']:.2e} | "
-                    f"{r['kl']:.2e} | {r['rank_by_effect']} | {r['flag'] or ''} |"
+                    f"| `{name}` | {r.latent} | {r.pearson:.3f} | {r.rank_by_correlation} | {r.effect:.2e} | "
+                    f"{r.kl:.2e} | {r.rank_by_effect} | {r.flag or ''} |"
                 )
         return "\n".join(lines) + "\n"
 
@@ -66,30 +114,27 @@ class CausalReport:
         from formal_sae.outputs import output_dir
 
         with output_dir(out_dir, "interventions", overwrite=overwrite) as out:
-            write_json(out / "report.json", self.to_dict())
-            atomic_write_text(out / "report.md", self.to_markdown())
-            _scatter(self, out / "correlation_vs_effect.png")
+            write_json(out / REPORT_JSON, self.to_dict())
+            atomic_write_text(out / REPORT_MD, self.to_markdown())
+            _scatter(self, out / SCATTER_PNG)
 
 
 def _scatter(report: CausalReport, path) -> None:
-    import matplotlib
+    plt = pyplot()
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    live = [r for r in report.latents if r["n_active"] > 0]
+    live = [r for r in report.latents if r.n_active > 0]
     colours = {"correlated_not_causal": "tab:red", "causal_not_correlated": "tab:orange", None: "tab:blue"}
     fig, ax = plt.subplots(figsize=(5.5, 4))
     for flag, colour in colours.items():
-        pts = [r for r in live if r["flag"] == flag]
+        pts = [r for r in live if r.flag == flag]
         if pts:
             ax.scatter(
-                [r["max_abs_pearson"] for r in pts], [max(r["effect"], 1e-8) for r in pts], s=12, c=colour, label=flag or "other"
+                [r.max_abs_pearson for r in pts], [max(r.effect, 1e-8) for r in pts], s=12, c=colour, label=flag or "other"
             )
     ax.set_yscale("log")
     ax.set_xlabel("max |Pearson| with any feature")
     ax.set_ylabel("ablation effect (class TV at active tokens)")
-    ax.set_title(f"{report.summary['grammar']}: correlation vs causal effect", fontsize=9)
+    ax.set_title(f"{report.summary.grammar}: correlation vs causal effect", fontsize=9)
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=130)
@@ -135,40 +180,33 @@ def causal_report(
 
     order_eff = {int(j): r + 1 for r, j in enumerate(np.argsort(-np.where(live, effect, -1)))}
     latents = [
-        {
-            "latent": j,
-            "max_abs_pearson": float(max_corr[j]),
-            "effect": float(effect[j]),
-            "kl": float(eff.kl_active[j]),
-            "n_active": int(eff.n_active[j]),
-            "flag": flag(j),
-        }
+        LatentEffect(j, float(max_corr[j]), float(effect[j]), float(eff.kl_active[j]), int(eff.n_active[j]), flag(j))
         for j in range(sae.cfg.d_sae)
     ]
     targets = {}
     for k, name in enumerate(analysis.target_names):
         best = [int(j) for j in np.argsort(-corr[:, k])[:top_k] if corr[j, k] > 0]
         targets[name] = [
-            {
-                "latent": j,
-                "pearson": float(analysis.correlations[j, k]),
-                "rank_by_correlation": int(1 + (corr[:, k] > corr[j, k]).sum()),
-                "effect": float(effect[j]),
-                "kl": float(eff.kl_active[j]),
-                "rank_by_effect": order_eff[j],
-                "flag": flag(j),
-            }
+            TargetLatent(
+                latent=j,
+                pearson=float(analysis.correlations[j, k]),
+                rank_by_correlation=int(1 + (corr[:, k] > corr[j, k]).sum()),
+                effect=float(effect[j]),
+                kl=float(eff.kl_active[j]),
+                rank_by_effect=order_eff[j],
+                flag=flag(j),
+            )
             for j in best
         ]
     rank_agreement = float(stats.spearmanr(max_corr[live], effect[live]).statistic) if live.sum() > 2 else float("nan")
-    summary = {
-        "grammar": analysis.summary["grammar"],
-        "hook_name": analysis.summary["hook_name"],
-        "d_sae": sae.cfg.d_sae,
-        "n_live": int(live.sum()),
-        "median_effect": median,
-        "n_correlated_not_causal": sum(r["flag"] == "correlated_not_causal" for r in latents),
-        "n_causal_not_correlated": sum(r["flag"] == "causal_not_correlated" for r in latents),
-        "rank_agreement": rank_agreement,
-    }
+    summary = CausalSummary(
+        grammar=analysis.summary.grammar,
+        hook_name=analysis.summary.hook_name,
+        d_sae=sae.cfg.d_sae,
+        n_live=int(live.sum()),
+        median_effect=median,
+        n_correlated_not_causal=sum(r.flag == "correlated_not_causal" for r in latents),
+        n_causal_not_correlated=sum(r.flag == "causal_not_correlated" for r in latents),
+        rank_agreement=rank_agreement,
+    )
     return CausalReport(targets=targets, latents=latents, summary=summary)

@@ -7,19 +7,12 @@ import os
 
 import numpy as np
 
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+from formal_sae.plotting import MISSING, pyplot
 
 
 def correlation_heatmap(report, path: str | os.PathLike) -> None:
     """Pearson correlation of each target (rows) with the best latent of every target (columns)."""
-    plt = _pyplot()
+    plt = pyplot()
     names = report.target_names
     latents = list(dict.fromkeys(report.targets[n]["best_latent"] for n in names))
     matrix = report.correlations[latents][:, [names.index(n) for n in names]].T
@@ -38,7 +31,7 @@ def correlation_heatmap(report, path: str | os.PathLike) -> None:
 def depth_heatmap(report, latent: int, path: str | os.PathLike, depth_feature: str = "depth", n_sentences: int = 3) -> None:
     """The paper's depth heat map: each token of a sentence (rows, in order) placed in the column of
     its depth and coloured by the latent's activation, for the sentences where the latent is most active."""
-    plt = _pyplot()
+    plt = pyplot()
     a = report.aligned
     values, depths = a.latent(latent), a.features[depth_feature]
     sentence_max = {}
@@ -83,7 +76,7 @@ def top_activations_html(report, latents: list[int], n_sentences: int = 10) -> s
         for row, v in zip(a.rows, values, strict=True):
             sentence_max[row] = max(sentence_max.get(row, 0.0), float(v))
         best = sorted(sentence_max, key=lambda r: -sentence_max[r])[:n_sentences]
-        label = ", ".join(tracked.get(j, [])) or "–"
+        label = ", ".join(tracked.get(j, [])) or MISSING
         parts.append(f"<h2>latent {j} <small>(best latent of: {html.escape(label)}; max {vmax:.3g})</small></h2>")
         for row in best:
             idx = np.flatnonzero(a.rows == row)

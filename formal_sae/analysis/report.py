@@ -13,7 +13,7 @@ import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import datasets
 import numpy as np
@@ -34,21 +34,24 @@ from formal_sae.analysis.metrics import (
     ranks,
     threshold_f1,
 )
-from formal_sae.data import dataset_metadata
+from formal_sae.data import dataset_metadata, token_strings
 from formal_sae.errors import DatasetError, FormalSAEError
+from formal_sae.grammars import ABSORPTION_PAIRS, NESTING, feature_for
 from formal_sae.io import atomic_write_text, write_json
+from formal_sae.models import model_data
 from formal_sae.outputs import output_dir
+from formal_sae.plotting import MISSING, number
+from formal_sae.records import Record
 from formal_sae.saes.evaluation import check_sae_fits, check_sae_model
+
+#: Files :meth:`AnalysisReport.save` writes (and a depth heatmap, :func:`depth_png`, for grammars with depth).
+REPORT_JSON, REPORT_MD = "report.json", "report.md"
+CORRELATIONS_PNG, TOP_ACTIVATIONS_HTML = "correlations.png", "top_activations.html"
 
 #: Latents firing on more than this fraction of tokens are reported as dense.
 DENSE_FIRING = 0.5
 #: Default parent/child pairs for the absorption gap, per feature set (applied when present).
-DEFAULT_PAIRS: list[tuple[str, str]] = [
-    ("pos=conj", "pos=conj&in_subject=0"),  # English: conjunction vs VP conjunction
-    ("pos=verb", "pos=verb&parent=VP"),
-    ("is_open=1", "is_open=1&depth=1"),  # Dyck: opening bracket vs outermost opening bracket
-    ("is_operator=1", "arity=3"),  # Expr: operator vs ternary operator
-]
+DEFAULT_PAIRS: list[tuple[str, str]] = ABSORPTION_PAIRS  # declared by each language, with its grammar
 
 
 @dataclass
@@ -149,20 +152,81 @@ def _clean(x: float) -> float | None:
     return None if x is None or (isinstance(x, float) and math.isnan(x)) else float(x)
 
 
+@dataclass(eq=False)
+class TargetScores(Record):
+    """How well the latents track one target (``report.json``'s ``features[<target>]``).
+
+    ``best_latent`` is chosen on the selection split by |Pearson|; its scores are on the report
+    split. The detector fields (``f1`` ... ``threshold``) are those of the best F1 detector (any
+    latent, threshold chosen on the selection split) and None for ordinal targets.
+    """
+
+    _keys: ClassVar[dict[str, str]] = {"n_latents_abs_rho_ge_0_9": "n_latents_abs_rho_ge_0.9"}
+
+    kind: str  # "binary" or "ordinal"
+    best_latent: int
+    pearson: float | None
+    spearman: float | None  # ordinal targets only
+    auroc: float | None  # binary targets only, of the latent's flipped sign when it correlates negatively
+    auroc_sign: int | None  # -1 when the AUROC is of the flipped sign, 1 otherwise; None for ordinal targets
+    f1: float | None = None
+    precision: float | None = None
+    recall: float | None = None
+    f1_latent: int | None = None
+    threshold: float | None = None
+    n_latents_abs_rho_ge_0_9: int = 0  # latents with |Pearson| >= 0.9 on the report split
+    probe_cosine: float = 0.0  # |cosine| of the best latent's decoder row and the target's probe direction
+
+
+@dataclass(eq=False)
+class AbsorptionGap(Record):
+    """One parent/child pair's absorption gap (``report.json``'s ``absorption`` rows)."""
+
+    parent: str
+    child: str
+    parent_latent: int  # the parent's best F1 detector on the selection split
+    gap: float | None
+    p_fire_parent_only: float | None
+    p_fire_parent_and_child: float | None
+
+
+@dataclass(eq=False)
+class AnalysisSummary(Record):
+    """The report's global scores (the top-level keys of ``report.json``)."""
+
+    grammar: str
+    hook_name: str
+    sae_architecture: str
+    d_sae: int
+    split: str
+    selection_split: str
+    n_tokens: int
+    coverage: float | None  # mean best-detector F1 over binary targets
+    mcc: float
+    mmcs: float
+    mcc_targets: int  # distinct probe directions matched
+    dead_fraction: float
+    dense_fraction: float  # latents firing on more than DENSE_FIRING of tokens
+
+
 @dataclass
 class AnalysisReport:
     """Result of :func:`analyze`: per-target scores, global scores and what is needed for figures."""
 
-    targets: dict[str, dict[str, Any]]
-    summary: dict[str, Any]
-    absorption: list[dict[str, Any]]
+    targets: dict[str, TargetScores]
+    summary: AnalysisSummary
+    absorption: list[AbsorptionGap]
     correlations: np.ndarray = field(repr=False)  # [d_sae, n_targets] Pearson on the report split
     target_names: list[str] = field(repr=False)
     aligned: AlignedLatents = field(repr=False)
     token_names: list[str] = field(repr=False)  # token id -> token string
 
     def to_dict(self) -> dict[str, Any]:
-        return {"features": self.targets, **self.summary, "absorption": self.absorption}
+        return {
+            "features": {name: t.to_dict() for name, t in self.targets.items()},
+            **self.summary.to_dict(),
+            "absorption": [a.to_dict() for a in self.absorption],
+        }
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2)
@@ -174,20 +238,20 @@ class AnalysisReport:
             "",
             f"{s['n_tokens']} sentence tokens of the {s['split']} split; best latents and thresholds chosen on {s['selection_split']}.",
             "",
-            f"- coverage (mean best-latent F1 over binary targets): **{_fmt(s['coverage'])}**",
+            f"- coverage (mean best-latent F1 over binary targets): **{number(s['coverage'])}**",
             f"- MCC / MMCS: mean best |cosine| between decoder rows and the linear-probe directions of the "
             f"{s.get('mcc_targets', '?')} distinct targets (one-to-one matched / each target's best row): "
-            f"**{_fmt(s['mcc'])}** / {_fmt(s['mmcs'])}",
-            f"- dead latents: {_fmt(s['dead_fraction'])}, dense latents (> {DENSE_FIRING:.0%} of tokens): {_fmt(s['dense_fraction'])}",
+            f"**{number(s['mcc'])}** / {number(s['mmcs'])}",
+            f"- dead latents: {number(s['dead_fraction'])}, dense latents (> {DENSE_FIRING:.0%} of tokens): {number(s['dense_fraction'])}",
             "",
             "| target | kind | best latent | Pearson | Spearman | AUROC (− : of the latent's flipped sign) | F1 (its own latent, P, R) | #latents abs(rho) >= 0.9 | probe cos |",
             "|---|---|---|---|---|---|---|---|---|",
         ]
         for name, t in self.targets.items():
-            f1 = "–" if t["f1"] is None else f"{t['f1']:.3f} ({t['f1_latent']}, {t['precision']:.2f}, {t['recall']:.2f})"
+            f1 = MISSING if t.f1 is None else f"{t.f1:.3f} ({t.f1_latent}, {t.precision:.2f}, {t.recall:.2f})"
             lines.append(
-                f"| `{name}` | {t['kind']} | {t['best_latent']} | {_fmt(t['pearson'])} | {_fmt(t['spearman'])} | "
-                f"{_fmt(t['auroc'])}{' (−)' if t.get('auroc_sign') == -1 else ''} | {f1} | {t['n_latents_abs_rho_ge_0.9']} | {_fmt(t['probe_cosine'])} |"
+                f"| `{name}` | {t.kind} | {t.best_latent} | {number(t.pearson)} | {number(t.spearman)} | "
+                f"{number(t.auroc)}{' (−)' if t.auroc_sign == -1 else ''} | {f1} | {t.n_latents_abs_rho_ge_0_9} | {number(t.probe_cosine)} |"
             )
         if self.absorption:
             lines += [
@@ -199,7 +263,7 @@ class AnalysisReport:
             ]
             for a in self.absorption:
                 lines.append(
-                    f"| `{a['parent']}` | `{a['child']}` | {a['parent_latent']} | {_fmt(a['gap'])} | {_fmt(a['p_fire_parent_only'])} | {_fmt(a['p_fire_parent_and_child'])} |"
+                    f"| `{a.parent}` | `{a.child}` | {a.parent_latent} | {number(a.gap)} | {number(a.p_fire_parent_only)} | {number(a.p_fire_parent_and_child)} |"
                 )
         return "\n".join(lines) + "\n"
 
@@ -213,23 +277,20 @@ class AnalysisReport:
     def _write(self, out: Path, sentences: int) -> None:
         from formal_sae.analysis import plots
 
-        write_json(out / "report.json", self.to_dict())
-        atomic_write_text(out / "report.md", self.to_markdown())
-        plots.correlation_heatmap(self, out / "correlations.png")
-        depth = next((n for n in ("depth", "tree_depth") if n in self.targets), None)
+        write_json(out / REPORT_JSON, self.to_dict())
+        atomic_write_text(out / REPORT_MD, self.to_markdown())
+        plots.correlation_heatmap(self, out / CORRELATIONS_PNG)
+        depth = feature_for(NESTING, [s for s in self.aligned.specs.values() if s.name in self.targets])
         if depth is not None:
-            plots.depth_heatmap(
-                self,
-                self.targets[depth]["best_latent"],
-                out / f"depth_latent{self.targets[depth]['best_latent']}.png",
-                depth_feature=depth,
-            )
-        latents = sorted({t["best_latent"] for t in self.targets.values()})[:12]
-        atomic_write_text(out / "top_activations.html", plots.top_activations_html(self, latents, sentences))
+            best = self.targets[depth].best_latent
+            plots.depth_heatmap(self, best, out / depth_png(best), depth_feature=depth)
+        latents = sorted({t.best_latent for t in self.targets.values()})[:12]
+        atomic_write_text(out / TOP_ACTIVATIONS_HTML, plots.top_activations_html(self, latents, sentences))
 
 
-def _fmt(x) -> str:
-    return "–" if x is None else f"{x:.3f}"
+def depth_png(latent: int) -> str:
+    """Name of the depth heatmap of ``latent`` that :meth:`AnalysisReport.save` writes."""
+    return f"depth_latent{latent}.png"
 
 
 def analyze(
@@ -262,10 +323,10 @@ def analyze(
     check_sae_fits(model, sae)
     check_sae_model(model, sae, allow_other_model)
     meta = dataset_metadata(dataset)
-    model_data = getattr(model, "formal_sae_data", None)
-    if model_data is not None and model_data.grammar_text != meta.grammar_text:
+    trained_on = model_data(model)
+    if trained_on is not None and trained_on.grammar_text != meta.grammar_text:
         raise DatasetError(
-            f"the dataset is from grammar {meta.grammar!r} but the model was trained on {model_data.grammar!r}; use the model's dataset"
+            f"the dataset is from grammar {meta.grammar!r} but the model was trained on {trained_on.grammar!r}; use the model's dataset"
         )
     for name in (split, selection_split):
         if name not in dataset or len(dataset[name]) == 0:
@@ -289,51 +350,44 @@ def analyze(
     _, distinct = np.unique(np.stack([t.values for t in shared]), axis=0, return_index=True)
     distinct_probes = probes[np.sort(distinct)]
     firing = test.firing_counts() / test.n_tokens
-    per_target: dict[str, dict[str, Any]] = {}
+    per_target: dict[str, TargetScores] = {}
     for k, t in enumerate(shared):
         best = _nan_argmax(np.abs(val_scores.pearson[:, k]))
-        entry: dict[str, Any] = {
-            "kind": t.kind,
-            "best_latent": best,
-            "pearson": _clean(test_scores.pearson[best, k]),
-            "spearman": _clean(test_scores.spearman[best, k]) if t.kind == "ordinal" else None,
+        binary = t.kind == "binary"
+        entry = TargetScores(
+            kind=t.kind,
+            best_latent=best,
+            pearson=_clean(test_scores.pearson[best, k]),
+            spearman=_clean(test_scores.spearman[best, k]) if t.kind == "ordinal" else None,
             # a negatively correlated latent detects the feature by being low: score its flipped direction
-            "auroc": _clean(_signed_auroc(test_scores.auroc[best, k], test_scores.pearson[best, k]))
-            if t.kind == "binary"
-            else None,
-            "auroc_sign": (-1 if (test_scores.pearson[best, k] or 0) < 0 else 1) if t.kind == "binary" else None,
-            "f1": None,
-            "precision": None,
-            "recall": None,
-            "f1_latent": None,
-            "threshold": None,
-            "n_latents_abs_rho_ge_0.9": int(np.nansum(np.abs(test_scores.pearson[:, k]) >= 0.9)),
-            "probe_cosine": float(cos[best, k]),
-        }
-        if t.kind == "binary":
+            auroc=_clean(_signed_auroc(test_scores.auroc[best, k], test_scores.pearson[best, k])) if binary else None,
+            auroc_sign=(-1 if (test_scores.pearson[best, k] or 0) < 0 else 1) if binary else None,
+            n_latents_abs_rho_ge_0_9=int(np.nansum(np.abs(test_scores.pearson[:, k]) >= 0.9)),
+            probe_cosine=float(cos[best, k]),
+        )
+        if binary:
             frac, latent = np.unravel_index(np.argmax(val_scores.f1[:, :, k]), val_scores.f1[:, :, k].shape)
-            threshold = float(val_scores.thresholds[frac, latent])
-            p, r, f = detector_scores((test.latent(int(latent)) > threshold)[:, None], t.values[:, None])
-            entry.update(
-                f1=float(f[0, 0]), precision=float(p[0, 0]), recall=float(r[0, 0]), f1_latent=int(latent), threshold=threshold
-            )
+            entry.threshold = float(val_scores.thresholds[frac, latent])
+            p, r, f = detector_scores((test.latent(int(latent)) > entry.threshold)[:, None], t.values[:, None])
+            entry.f1, entry.precision, entry.recall = float(f[0, 0]), float(p[0, 0]), float(r[0, 0])
+            entry.f1_latent = int(latent)
         per_target[t.name] = entry
-    f1s = [e["f1"] for e in per_target.values() if e["f1"] is not None]
-    summary = {
-        "grammar": meta.grammar,
-        "hook_name": sae.cfg.metadata.hook_name,
-        "sae_architecture": sae.cfg.architecture(),
-        "d_sae": sae.cfg.d_sae,
-        "split": split,
-        "selection_split": selection_split,
-        "n_tokens": test.n_tokens,
-        "coverage": float(np.mean(f1s)) if f1s else None,
-        "mcc": mcc(decoder, distinct_probes),
-        "mmcs": mmcs(decoder, distinct_probes),
-        "mcc_targets": len(distinct_probes),
-        "dead_fraction": float((firing == 0).mean()),
-        "dense_fraction": float((firing > DENSE_FIRING).mean()),
-    }
+    f1s = [e.f1 for e in per_target.values() if e.f1 is not None]
+    summary = AnalysisSummary(
+        grammar=meta.grammar,
+        hook_name=sae.cfg.metadata.hook_name,
+        sae_architecture=sae.cfg.architecture(),
+        d_sae=sae.cfg.d_sae,
+        split=split,
+        selection_split=selection_split,
+        n_tokens=test.n_tokens,
+        coverage=float(np.mean(f1s)) if f1s else None,
+        mcc=mcc(decoder, distinct_probes),
+        mmcs=mmcs(decoder, distinct_probes),
+        mcc_targets=len(distinct_probes),
+        dead_fraction=float((firing == 0).mean()),
+        dense_fraction=float((firing > DENSE_FIRING).mean()),
+    )
     return AnalysisReport(
         targets=per_target,
         summary=summary,
@@ -341,13 +395,13 @@ def analyze(
         correlations=test_scores.pearson,
         target_names=[t.name for t in shared],
         aligned=test,
-        token_names=model.tokenizer.convert_ids_to_tokens(list(range(len(model.tokenizer)))),
+        token_names=token_strings(model.tokenizer),
     )
 
 
 def _absorption(
     test: AlignedLatents, val: AlignedLatents, val_scores: _SplitScores, names: list[str], pairs
-) -> list[dict[str, Any]]:
+) -> list[AbsorptionGap]:
     """Absorption gaps; the parent's latent and threshold are its best F1 detector on validation."""
     explicit = pairs is not None
     out = []
@@ -365,16 +419,7 @@ def _absorption(
         frac, latent = np.unravel_index(np.argmax(f1), f1.shape)
         fires = test.latent(int(latent)) > thresholds[frac, latent]
         gap, p_only, p_both = absorption_gap(fires, parent_mask, child_mask)
-        out.append(
-            {
-                "parent": parent,
-                "child": child,
-                "parent_latent": int(latent),
-                "gap": _clean(gap),
-                "p_fire_parent_only": _clean(p_only),
-                "p_fire_parent_and_child": _clean(p_both),
-            }
-        )
+        out.append(AbsorptionGap(parent, child, int(latent), _clean(gap), _clean(p_only), _clean(p_both)))
     return out
 
 

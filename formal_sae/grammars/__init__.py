@@ -4,13 +4,25 @@ from formal_sae.grammars.base import PAPER_MAX_LENGTH, Grammar, LanguageFeature
 from formal_sae.grammars.dyck import dyck_grammar
 from formal_sae.grammars.english import english_grammar, english_june2024_grammar
 from formal_sae.grammars.expr import expr_grammar
-from formal_sae.grammars.features import IGNORE_VALUE, LEXICAL, STRUCTURAL, FeatureSpec, feature_role
-from formal_sae.grammars.registry import list_grammars, load_grammar
+from formal_sae.grammars.features import (
+    IGNORE_VALUE,
+    LEXICAL,
+    NESTING,
+    PROGRESS,
+    STRUCTURAL,
+    FeatureSpec,
+    feature_for,
+    feature_role,
+)
+from formal_sae.grammars.registry import ABSORPTION_PAIRS, list_grammars, load_grammar
 
 __all__ = [
+    "ABSORPTION_PAIRS",
     "IGNORE_VALUE",
     "LEXICAL",
+    "NESTING",
     "PAPER_MAX_LENGTH",
+    "PROGRESS",
     "STRUCTURAL",
     "FeatureSpec",
     "Grammar",
@@ -19,6 +31,7 @@ __all__ = [
     "english_grammar",
     "english_june2024_grammar",
     "expr_grammar",
+    "feature_for",
     "feature_role",
     "list_grammars",
     "load_grammar",

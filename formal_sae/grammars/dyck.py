@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 from formal_sae.errors import GrammarError
 from formal_sae.grammars.base import PAPER_MAX_LENGTH, Grammar, LanguageFeature, Recognizer, tokens_feature
-from formal_sae.grammars.features import FeatureSpec
+from formal_sae.grammars.features import NESTING, PROGRESS, FeatureSpec
 
 #: Probability of ``S -> S S``: "the highest probability that doesn't lead to infinite recursion"
 #: in the authors' code.
@@ -73,6 +73,11 @@ def dyck_recognizer(n_types: int) -> Recognizer:
     return recognize
 
 
+#: Parent/child feature expressions whose absorption gap the analysis measures by default: an
+#: opening bracket vs an outermost opening bracket.
+ABSORPTION_PAIRS: list[tuple[str, str]] = [("is_open=1", "is_open=1&depth=1")]
+
+
 def dyck_features(n_types: int) -> list[LanguageFeature]:
     types = tuple(f"type{i}" for i in range(n_types))
     return [
@@ -81,6 +86,7 @@ def dyck_features(n_types: int) -> list[LanguageFeature]:
                 "depth",
                 "ordinal",
                 "nesting level of the token's bracket pair: an opening bracket counts itself, its closing bracket has the same depth",
+                uses=(NESTING, PROGRESS),
             ),
             tokens_feature(_depth),
         ),

@@ -8,7 +8,7 @@ from nltk import Tree
 
 from formal_sae.errors import GrammarError
 from formal_sae.grammars.base import PAPER_MAX_LENGTH, Grammar, LanguageFeature
-from formal_sae.grammars.features import FeatureSpec, leaf_ancestors
+from formal_sae.grammars.features import PROGRESS, FeatureSpec, leaf_ancestors
 from formal_sae.grammars.lexicon import lexical_rule
 
 #: Pre-terminal category -> token prefix (and part-of-speech name).
@@ -110,6 +110,11 @@ def _conj_index(tokens: Sequence[str], tree: Tree) -> list[int]:
     return out
 
 
+#: Parent/child feature expressions whose absorption gap the analysis measures by default: a
+#: conjunction vs a VP conjunction, a verb vs a verb directly under a VP.
+ABSORPTION_PAIRS: list[tuple[str, str]] = [("pos=conj", "pos=conj&in_subject=0"), ("pos=verb", "pos=verb&parent=VP")]
+
+
 def english_features(grammar_text: str) -> list[LanguageFeature]:
     present = [c for c in CATEGORIES if f"\n{c} ->" in "\n" + grammar_text]
     pos_names = tuple(CATEGORIES[c] for c in present)
@@ -125,6 +130,7 @@ def english_features(grammar_text: str) -> list[LanguageFeature]:
                 "conj_index",
                 "ordinal",
                 "which conjunction of its top-level phrase (subject NP or VP) a conjunction is: 1, 2, ...; 0 for other tokens",
+                uses=(PROGRESS,),
             ),
             _conj_index,
         ),

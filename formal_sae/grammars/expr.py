@@ -9,7 +9,7 @@ from nltk import Tree
 
 from formal_sae.errors import GrammarError
 from formal_sae.grammars.base import PAPER_MAX_LENGTH, Grammar, LanguageFeature, Recognizer, tokens_feature
-from formal_sae.grammars.features import FeatureSpec, leaf_ancestors
+from formal_sae.grammars.features import NESTING, PROGRESS, FeatureSpec, leaf_ancestors
 from formal_sae.grammars.lexicon import lexical_rule
 
 ARITY = {"dig": 0, "un": 1, "bin": 2, "tern": 3}
@@ -88,20 +88,34 @@ def expr_recognizer(notation: str, vocabulary: Sequence[str]) -> Recognizer:
     return recognize
 
 
+#: Parent/child feature expressions whose absorption gap the analysis measures by default: an
+#: operator vs a ternary operator.
+ABSORPTION_PAIRS: list[tuple[str, str]] = [("is_operator=1", "arity=3")]
+
+
 def expr_features(notation: str) -> list[LanguageFeature]:
     if notation == "prefix":
         counter = LanguageFeature(
-            FeatureSpec("pending", "ordinal", "expressions still required after the token (0 at the last token)"),
+            FeatureSpec(
+                "pending", "ordinal", "expressions still required after the token (0 at the last token)", uses=(PROGRESS,)
+            ),
             tokens_feature(_pending),
         )
     else:
         counter = LanguageFeature(
-            FeatureSpec("stack_size", "ordinal", "complete sub-expressions waiting for an operator after the token"),
+            FeatureSpec(
+                "stack_size", "ordinal", "complete sub-expressions waiting for an operator after the token", uses=(PROGRESS,)
+            ),
             tokens_feature(_stack_size),
         )
     return [
         LanguageFeature(
-            FeatureSpec("depth", "ordinal", "operator-nesting depth: number of operators whose operands contain the token"),
+            FeatureSpec(
+                "depth",
+                "ordinal",
+                "operator-nesting depth: number of operators whose operands contain the token",
+                uses=(NESTING,),
+            ),
             _operator_depth,
         ),
         counter,

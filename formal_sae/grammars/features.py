@@ -23,6 +23,12 @@ IGNORE_VALUE = -100
 #: Category used by ``parent`` for the root nonterminal, which has no parent.
 NO_PARENT = "<root>"
 
+#: What the analysis and the interventions use a feature for (:attr:`FeatureSpec.uses`), declared
+#: with the feature by its language. *Nesting*: how deeply the token is nested; the analysis draws
+#: its best latent against it. *Progress*: how far the sentence is from complete; next-token effects
+#: are grouped by it (e.g. P(<eos>) by pending-operand count).
+NESTING, PROGRESS = "nesting", "progress"
+
 
 @dataclass(frozen=True)
 class FeatureSpec:
@@ -33,12 +39,15 @@ class FeatureSpec:
         kind: ``"binary"``, ``"categorical"`` or ``"ordinal"``.
         description: One line saying what the value means.
         categories: For categorical features, the name of each integer value.
+        uses: What the analysis and the interventions use it for (:data:`NESTING`, :data:`PROGRESS`):
+            knowledge of the language, read from the grammar, not stored with datasets.
     """
 
     name: str
     kind: FeatureKind
     description: str
     categories: tuple[str, ...] = field(default=())
+    uses: tuple[str, ...] = field(default=(), compare=False)
 
     def __post_init__(self) -> None:
         if self.kind not in FEATURE_KINDS:
@@ -52,6 +61,12 @@ class FeatureSpec:
     @classmethod
     def from_dict(cls, d: dict) -> FeatureSpec:
         return cls(d["name"], d["kind"], d["description"], tuple(d.get("categories", ())))
+
+
+def feature_for(use: str, specs: Sequence[FeatureSpec]) -> str | None:
+    """The name of the first of ``specs`` declared for ``use`` (a language's own features come
+    before the generic ones), or None."""
+    return next((s.name for s in specs if use in s.uses), None)
 
 
 #: A feature computer: (tokens, most probable parse tree) -> one value per token.
@@ -78,7 +93,9 @@ def generic_feature_specs(nonterminals: Sequence[str]) -> list[FeatureSpec]:
     """The parse-tree features every grammar has."""
     cats = tuple(nonterminals)
     return [
-        FeatureSpec("tree_depth", "ordinal", "number of nonterminals above the token in the most probable parse tree"),
+        FeatureSpec(
+            "tree_depth", "ordinal", "number of nonterminals above the token in the most probable parse tree", uses=(NESTING,)
+        ),
         FeatureSpec("preterminal", "categorical", "label of the nonterminal directly above the token", cats),
         FeatureSpec(
             "parent",

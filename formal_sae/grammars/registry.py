@@ -7,6 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from formal_sae.errors import GrammarError
+from formal_sae.grammars import dyck, english, expr
 from formal_sae.grammars.base import PAPER_MAX_LENGTH, Grammar
 from formal_sae.grammars.dyck import dyck_grammar
 from formal_sae.grammars.english import english_grammar, english_june2024_grammar
@@ -24,6 +25,10 @@ _REGISTRY: dict[str, Callable[[str, int | None], Grammar]] = {
     "english-conj0.3": lambda name, ml: english_grammar(p_conj=0.3, name=name, max_length=ml),
     "english-oct2024": lambda name, ml: english_grammar(name=name, max_length=ml),
 }
+
+#: Every built-in language's default absorption pairs (parent, child feature expressions); the
+#: analysis applies those whose features a dataset has.
+ABSORPTION_PAIRS: list[tuple[str, str]] = [*english.ABSORPTION_PAIRS, *dyck.ABSORPTION_PAIRS, *expr.ABSORPTION_PAIRS]
 
 
 def list_grammars() -> list[str]:

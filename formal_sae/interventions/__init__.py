@@ -5,14 +5,11 @@
 * :mod:`~formal_sae.interventions.feature_effects`: claim C3's measurements for one feature (clamp gap
   closure, group ablation, matched null, probe control).
 
-The correlation-vs-effect report lives beside the analysis (:mod:`formal_sae.analysis.causal_report`);
-its names are re-exported here lazily, so that this package never imports the analysis.
+The correlation-vs-effect report lives above both, in :mod:`formal_sae.analysis.causal_report`
+(``formal_sae.CausalReport``, ``formal_sae.causal_report``): this package never imports the analysis.
 """
 
 from __future__ import annotations
-
-import importlib
-from typing import Any
 
 from formal_sae.interventions.edits import (
     EDITS,
@@ -49,23 +46,10 @@ from formal_sae.interventions.feature_effects import (
     matched_null_groups,
 )
 
-_FROM_ANALYSIS = ("CORRELATED", "UNCORRELATED", "CausalReport", "causal_report")
-
-
-def __getattr__(name: str) -> Any:
-    # Imported on first use: the report depends on this package, never the other way round.
-    if name in _FROM_ANALYSIS:
-        return getattr(importlib.import_module("formal_sae.analysis.causal_report"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
 __all__ = [
-    "CORRELATED",
     "EDITS",
     "MODES",
-    "UNCORRELATED",
     "AblationEffect",
-    "CausalReport",
     "DistributionShift",
     "FeatureInterventions",
     "GapClosure",
@@ -79,7 +63,6 @@ __all__ = [
     "ResultDict",
     "ShiftStat",
     "ValidityTest",
-    "causal_report",
     "compare_generations",
     "distribution_shift",
     "effects_loop_baseline",

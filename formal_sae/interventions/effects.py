@@ -20,10 +20,10 @@ from scipy import stats
 from transformer_lens import HookedTransformer
 
 from formal_sae.activations import iter_sentence_batches, run_from_hook
-from formal_sae.data import column, dataset_metadata, grammar_of, prompt_ids
+from formal_sae.data import column, dataset_metadata, grammar_of, prompt_ids, token_strings
 from formal_sae.errors import FormalSAEError
 from formal_sae.generation import PAPER_MAX_NEW_TOKENS, classify_sample, sample_sequences
-from formal_sae.grammars import Grammar
+from formal_sae.grammars import PROGRESS, Grammar, feature_for
 from formal_sae.interventions.edits import Intervention, intervention_hooks, latent_ranges, run_intervened
 from formal_sae.saes.evaluation import check_sae_fits, check_sae_model
 
@@ -74,7 +74,7 @@ def token_classes(grammar: Grammar, tokenizer) -> tuple[list[str], torch.Tensor]
                 lexical[p.rhs()[0]] = lhs
     names = list(dict.fromkeys([lexical.get(t, t) for t in grammar.terminals] + ["<eos>", "other"]))
     matrix = torch.zeros(len(tokenizer), len(names))
-    for tok_id, tok in enumerate(tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))):
+    for tok_id, tok in enumerate(token_strings(tokenizer)):
         name = "<eos>" if tok_id == tokenizer.eos_token_id else lexical.get(tok, tok if tok in grammar.terminals else "other")
         matrix[tok_id, names.index(name)] = 1.0
     return names, matrix
@@ -153,8 +153,8 @@ def next_token_effects(
     """Effect of an intervention on next-token predictions at sentence tokens (teacher forcing).
 
     Returns mean KL / total variation, the mean probability of every grammar class clean vs
-    intervened, and the same per value of the feature ``group_by`` (default: ``depth`` or
-    ``pending`` if the grammar has it), e.g. P(<eos>) by pending-operand count for Expr. An SAE
+    intervened, and the same per value of the feature ``group_by`` (default: the one the grammar
+    declares for :data:`~formal_sae.grammars.PROGRESS`, if any), e.g. P(<eos>) by pending-operand count for Expr. An SAE
     trained on another model is refused unless ``allow_other_model`` (:func:`~formal_sae.saes.check_sae_model`).
     """
     check_sae_fits(model, sae)
@@ -162,8 +162,7 @@ def next_token_effects(
     meta = dataset_metadata(dataset)
     grammar = grammar_of(meta)
     names, classes = token_classes(grammar, model.tokenizer)
-    feature_names = [s.name for s in meta.feature_specs]
-    group_by = group_by or next((f for f in ("pending", "stack_size", "depth", "conj_index") if f in feature_names), None)
+    group_by = group_by or feature_for(PROGRESS, meta.feature_specs)
     ranges = latent_ranges(model, sae, dataset[split], max_sentences) if intervention.relative else None
     split_ds = dataset[split]
     group_col = column(split_ds, group_by) if group_by else None
@@ -238,7 +237,7 @@ class GenerationComparison(ResultDict):
 def _sample_stats(
     samples: list[list[int]], grammar: Grammar, tokenizer, class_names: list[str], classes: torch.Tensor
 ) -> dict[str, np.ndarray]:
-    id_to_token = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
+    id_to_token = token_strings(tokenizer)
     terminals = frozenset(grammar.terminals)
     valid, length, depth, counts = [], [], [], []
     for ids in samples:

@@ -18,9 +18,7 @@ import dataclasses
 import os
 from pathlib import Path
 
-from formal_sae.errors import FormalSAEError
-from formal_sae.io import atomic_write_text, to_jsonable, write_json
-from formal_sae.outputs import output_dir
+from formal_sae import FormalSAEError, atomic_write_text, output_dir, to_jsonable, write_json
 from formal_sae.reproduce.claims import ClaimResult, judge
 from formal_sae.reproduce.evidence import C1Evidence, C2Evidence, C3Evidence, C4Evidence
 from formal_sae.reproduce.report import report_markdown

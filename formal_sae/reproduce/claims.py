@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
-from formal_sae.grammars import LEXICAL, STRUCTURAL
+from formal_sae import LEXICAL, STRUCTURAL
 from formal_sae.reproduce.evidence import C1Evidence, C2Evidence, C3Evidence, C4Evidence, Cell
 
 SUPPORTED, MIXED, NOT_SUPPORTED, NOT_TESTED = "supported", "mixed", "not supported", "not tested"

@@ -4,14 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from formal_sae import CORRELATIONS_PNG, MISSING, number
 from formal_sae.reproduce.claims import THRESHOLDS, ClaimResult, main_effects, sane
 from formal_sae.reproduce.evidence import C1Evidence, C2Evidence, C3Evidence, C4Evidence
 from formal_sae.reproduce.scales import Scale
-
-
-def num(x: Any, digits: int = 3) -> str:
-    """A number for a table: "–" when missing."""
-    return "–" if x is None else f"{x:.{digits}f}"
+from formal_sae.reproduce.stages import ANALYSIS_DIR, PROBES_DIR, PROBES_PNG
 
 
 def _cell(text: str) -> str:
@@ -35,7 +32,7 @@ def report_markdown(results: dict[str, dict], claims: dict[str, ClaimResult], sc
     ]
     for c in claims.values():
         row = [f"**{c.claim}**: {c.statement}", f"**{c.overall.verdict}**"]
-        row += [c.languages[g].verdict if g in c.languages else "–" for g in langs]
+        row += [c.languages[g].verdict if g in c.languages else MISSING for g in langs]
         lines.append("| " + " | ".join(row) + " |")
     lines += ["", "### Why", ""]
     for c in claims.values():
@@ -80,10 +77,10 @@ def _c1(ev: C1Evidence, g: str) -> list[str]:
     ]
     for f in sorted(ev.features, key=lambda f: (f.role, -f.abs_rho)):
         lines.append(
-            f"| `{f.feature}` | {f.role} | {f.latent} | {num(f.abs_rho)} [{num(f.abs_rho_ci[0])}, {num(f.abs_rho_ci[1])}] | "
-            f"{num(f.f1)} | {num(f.control_abs_rho)} | {num(f.probe, 2)} | {num(f.probe_embed, 2)} |"
+            f"| `{f.feature}` | {f.role} | {f.latent} | {number(f.abs_rho)} [{number(f.abs_rho_ci[0])}, {number(f.abs_rho_ci[1])}] | "
+            f"{number(f.f1)} | {number(f.control_abs_rho)} | {number(f.probe, 2)} | {number(f.probe_embed, 2)} |"
         )
-    return [*lines, "", f"![correlations]({g}/analysis/correlations.png) ![probes]({g}/probes/probes.png)"]
+    return [*lines, "", f"![correlations]({g}/{ANALYSIS_DIR}/{CORRELATIONS_PNG}) ![probes]({g}/{PROBES_DIR}/{PROBES_PNG})"]
 
 
 def _c2(ev: C2Evidence) -> list[str]:
@@ -97,8 +94,8 @@ def _c2(ev: C2Evidence) -> list[str]:
     for c in ev.cells:
         factors = ", ".join(f"{k} {v}" for k, v in c.factors.items())
         lines.append(
-            f"| `{c.cell_id}` | {factors} | {num(c.explained_variance)} | {num(c.l0, 1)} | "
-            f"{num(c.validity, 2)} ± {num(c.validity_se, 2)} | {num(c.validity_paper_splice, 2)} ± {num(c.validity_paper_splice_se, 2)} |"
+            f"| `{c.cell_id}` | {factors} | {number(c.explained_variance)} | {number(c.l0, 1)} | "
+            f"{number(c.validity, 2)} ± {number(c.validity_se, 2)} | {number(c.validity_paper_splice, 2)} ± {number(c.validity_paper_splice_se, 2)} |"
         )
     lines += [
         "",
@@ -109,7 +106,7 @@ def _c2(ev: C2Evidence) -> list[str]:
     for v, p, e in zip(main_effects(good), main_effects(good, "validity_paper_splice"), main_effects(good, "explained_variance"),
                        strict=True):  # fmt: skip
         lines.append(
-            f"| {v.factor} | {num(v.effect, 2)} ± {num(v.se, 2)} | {num(p.effect, 2)} ± {num(p.se, 2)} | {num(e.effect)} | {v.n_groups} |"
+            f"| {v.factor} | {number(v.effect, 2)} ± {number(v.se, 2)} | {number(p.effect, 2)} ± {number(p.se, 2)} | {number(e.effect)} | {v.n_groups} |"
         )
     return lines
 
@@ -125,12 +122,12 @@ def _c3(ev: C3Evidence, g: str) -> list[str]:
     for f in ev.features:
         lines.append(
             f"| `{f.feature}` | {', '.join(map(str, f.latents[:6]))}{' ...' if len(f.latents) > 6 else ''} | "
-            f"{num(f.clamp_gap_closure, 2)} | [{num(f.null_clamp_interval[0], 2)}, {num(f.null_clamp_interval[1], 2)}] | "
-            f"{num(f.group_ablation_effect)} | [{num(f.null_ablation_interval[0])}, {num(f.null_ablation_interval[1])}] | "
-            f"{num(f.probe_ablation_effect)} | {_cell(f.what_the_clamp_did)} |"
+            f"{number(f.clamp_gap_closure, 2)} | [{number(f.null_clamp_interval[0], 2)}, {number(f.null_clamp_interval[1], 2)}] | "
+            f"{number(f.group_ablation_effect)} | [{number(f.null_ablation_interval[0])}, {number(f.null_ablation_interval[1])}] | "
+            f"{number(f.probe_ablation_effect)} | {_cell(f.what_the_clamp_did)} |"
         )
     if not ev.features:
-        lines.append("| – | no structural feature has a latent at the C1 bar | | | | | | |")
+        lines.append(f"| {MISSING} | no structural feature has a latent at the C1 bar | | | | | | |")
     return lines
 
 
@@ -140,5 +137,5 @@ def _c4(ev: C4Evidence) -> list[str]:
     lines.append("|---|---|" + "---|" * len(keys))
     for p in ev.pairs:
         for name, m in (("plain", p.plain), ("causal", p.causal)):
-            lines.append(f"| {p.seed} | {name} | " + " | ".join(num(m.get(k), 4) for k in keys) + " |")
+            lines.append(f"| {p.seed} | {name} | " + " | ".join(number(m.get(k), 4) for k in keys) + " |")
     return lines

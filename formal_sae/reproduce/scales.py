@@ -7,9 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from formal_sae.errors import FormalSAEError
-from formal_sae.saes import SAETrainConfig, SweepGrid, grid_from_dict, paper_grid
-from formal_sae.saes.causal import CausalConfig
+from formal_sae import CausalConfig, FormalSAEError, SAETrainConfig, SweepGrid, paper_grid
 
 GRAMMARS = ("dyck2", "expr", "english")
 
@@ -31,7 +29,7 @@ def quick_grid(d_in: int) -> SweepGrid:
         {"k": 16, "expansion_factor": 2, "normalize_input": True, "normalize_recon": True},
         {"k": 16, "expansion_factor": 2, "pre_bias": True},
     ]
-    return grid_from_dict({"name": "quick", "base": base, "cells": cells})
+    return SweepGrid.from_settings("quick", base, cells)
 
 
 @dataclass(frozen=True)

@@ -15,17 +15,44 @@ from typing import Any
 
 import numpy as np
 
-from formal_sae.analysis import analyze
-from formal_sae.analysis.metrics import bootstrap_abs_pearson
-from formal_sae.analysis.probes import ProbeReport, default_probe_hooks, probe_direction, probe_features
-from formal_sae.analysis.report import targets_of
-from formal_sae.data import generate_dataset, load_dataset_dir
-from formal_sae.errors import FormalSAEError
-from formal_sae.grammars import STRUCTURAL, feature_role
-from formal_sae.interventions import feature_interventions
-from formal_sae.io import atomic_write_text, read_json, write_json
-from formal_sae.models import ModelConfig, load_model
-from formal_sae.outputs import output_dir
+from formal_sae import (
+    CELLS_DIR,
+    METRICS_FILE,
+    RESULTS_JSON,
+    STRUCTURAL,
+    FormalSAEError,
+    ModelConfig,
+    ProbeReport,
+    SAETrainConfig,
+    TrainConfig,
+    analyze,
+    atomic_write_text,
+    bootstrap_abs_pearson,
+    build_training_sae,
+    default_probe_hooks,
+    effect_predictability,
+    evaluate_sae,
+    feature_interventions,
+    feature_role,
+    generate_dataset,
+    held_out_pairs,
+    interpolation_metrics,
+    load_dataset_dir,
+    load_model,
+    load_sae,
+    output_dir,
+    probe_direction,
+    probe_features,
+    read_json,
+    sae_hook_width,
+    sweep,
+    targets_of,
+    to_inference,
+    train_causal_sae,
+    train_model,
+    train_sae,
+    write_json,
+)
 from formal_sae.reproduce.claims import C1_BAR, sane
 from formal_sae.reproduce.evidence import (
     C1Evidence,
@@ -38,17 +65,13 @@ from formal_sae.reproduce.evidence import (
     SeedPair,
 )
 from formal_sae.reproduce.scales import Scale
-from formal_sae.saes import SAETrainConfig, evaluate_sae, load_sae, train_sae
-from formal_sae.saes.causal import train_causal_sae
-from formal_sae.saes.causal_metrics import effect_predictability, held_out_pairs, interpolation_metrics
-from formal_sae.saes.sweep import CELLS_DIR, RESULTS_JSON, sweep
-from formal_sae.saes.training import build_training_sae, sae_hook_width, to_inference
-from formal_sae.training import TrainConfig, train_model
 
 #: Folder and file names inside a language's folder.
 DATA_DIR, MODEL_DIR, SWEEP_DIR = "data", "model", "sweep"
 ANALYSIS_DIR, SEEDS_DIR, PROBES_DIR = "analysis", "analysed-seeds", "probes"
 CAUSAL_SAES_DIR, EVIDENCE_FILE = "causal-saes", "evidence.json"
+#: The probe report this module writes into :data:`PROBES_DIR`.
+PROBES_JSON, PROBES_MD, PROBES_PNG = "probes.json", "probes.md", "probes.png"
 
 
 def stage(path: Path, compute: Callable[[], Any]) -> Any:
@@ -89,11 +112,11 @@ def run_language(grammar: str, out: Path, scale: Scale, seed: int = 0, device: s
             validity_samples=scale.validity_samples, final_validity_repeats=scale.validity_repeats,
         )  # fmt: skip
         train_model(dataset, ModelConfig.from_preset(scale.preset, seed=seed), train, out_dir=out / MODEL_DIR)
-    model, model_metrics = load_model(out / MODEL_DIR, device=device), read_json(out / MODEL_DIR / "metrics.json")
+    model, model_metrics = load_model(out / MODEL_DIR, device=device), read_json(out / MODEL_DIR / METRICS_FILE)
     if (out / SWEEP_DIR).exists():
         rows = read_json(out / SWEEP_DIR / RESULTS_JSON, what="sweep results")
     else:
-        rows = sweep(model, dataset, scale.grid(model.cfg.d_model), out / SWEEP_DIR, evaluate_kwargs=scale.sweep_eval)
+        rows = sweep(model, dataset, scale.grid(model.cfg.d_model), out / SWEEP_DIR, evaluation=scale.sweep_eval)
     c2 = guarded(
         lambda: stage(
             out / "c2.json", lambda: c2_evidence(grammar, model, dataset, rows, out, scale, model_metrics["validity"]).to_dict()
@@ -207,13 +230,13 @@ def _c1_c3(grammar, model, dataset, rows, analysed, out: Path, scale: Scale, see
 
 
 def _probes(model, dataset, hook: str, out: Path, scale: Scale) -> ProbeReport:
-    if (out / PROBES_DIR / "probes.json").is_file():
-        return ProbeReport.from_dict(read_json(out / PROBES_DIR / "probes.json"))
+    if (out / PROBES_DIR / PROBES_JSON).is_file():
+        return ProbeReport.from_dict(read_json(out / PROBES_DIR / PROBES_JSON))
     report = probe_features(model, dataset, hooks=default_probe_hooks(model), max_sentences=scale.analysis_sentences)
     with output_dir(out / PROBES_DIR, "probes") as work:
-        write_json(work / "probes.json", report.to_dict())
-        atomic_write_text(work / "probes.md", report.to_markdown())
-        report.plot(work / "probes.png")
+        write_json(work / PROBES_JSON, report.to_dict())
+        atomic_write_text(work / PROBES_MD, report.to_markdown())
+        report.plot(work / PROBES_PNG)
     return report
 
 

@@ -22,6 +22,7 @@ Training has two optional phases: ``pretrain_steps`` of the plain objective with
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import shutil
@@ -44,22 +45,10 @@ from formal_sae.activations import check_hook, iter_sentence_batches, padded_bat
 from formal_sae.data import column, dataset_metadata
 from formal_sae.errors import SAEError
 from formal_sae.saes import checkpoints
+from formal_sae.saes.config import SAETrainConfig, _is_int, _is_positive, _is_real, build_training_sae
 from formal_sae.saes.evaluation import check_sae_fits, check_sae_model
-from formal_sae.saes.training import (
-    CHECKPOINT_DIR,
-    DEFAULT_CHECKPOINTS,
-    SAETrainConfig,
-    _is_int,
-    _is_positive,
-    _is_real,
-    build_training_sae,
-    fit_sae,
-    model_name_of,
-    sae_hook_width,
-    sae_output_dir,
-    sae_run_config,
-    to_inference,
-)
+from formal_sae.saes.storage import model_name_of, sae_output_dir, sae_run_config, to_inference
+from formal_sae.saes.training import CHECKPOINT_DIR, DEFAULT_CHECKPOINTS, fit_sae, sae_hook_width, set_train_seconds
 from formal_sae.seeding import deterministic
 
 
@@ -87,6 +76,12 @@ class CausalConfig:
     steps: int = 500
     sentences_per_step: int = 32
     finetune_lr: float | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.step, str) and self.step != "random":  # "0.5" from a command line or a JSON string
+            with contextlib.suppress(ValueError):  # a word stays a word, which validate() refuses by name
+                self.step = float(self.step)
+        self.validate()  # a config that exists is a valid one: refused where it is written, not deep in a run
 
     def validate(self) -> None:
         if self.distance not in ("mse", "kl"):
@@ -363,5 +358,5 @@ def _train_causal(
         for p in trainable:  # the model is frozen during training only
             p.requires_grad_(True)
     inference = to_inference(sae, model, dataset, config, out_dir, extra={"causal": causal.to_dict()})
-    inference.formal_sae_train_seconds = seconds_before + time.perf_counter() - t0
+    set_train_seconds(inference, seconds_before + time.perf_counter() - t0)
     return inference

@@ -20,7 +20,8 @@ distorts SAEs with a pre-bias or reconstruction normalisation; PAPER.md §5.2).
 from __future__ import annotations
 
 import copy
-from typing import Any
+from dataclasses import dataclass
+from typing import ClassVar
 
 import datasets
 import torch
@@ -34,7 +35,37 @@ from formal_sae.data import dataset_metadata, grammar_of
 from formal_sae.errors import SAEError
 from formal_sae.generation import evaluate_validity
 from formal_sae.models import model_fingerprint
-from formal_sae.saes.training import flush_denormals, model_name_of, sae_hook_width
+from formal_sae.records import Record
+from formal_sae.saes.storage import model_name_of
+from formal_sae.saes.training import flush_denormals, sae_hook_width
+
+
+@dataclass(eq=False)
+class SAEMetrics(Record):
+    """What :func:`evaluate_sae` measures (definitions: the module docstring); ``to_dict()`` is the
+    JSON written into an SAE's ``metrics.json``. The validity fields are None, and absent from the
+    JSON, when validity was not measured."""
+
+    _optional: ClassVar[tuple[str, ...]] = ("validity", "validity_std", "validity_failures")
+
+    hook_name: str
+    architecture: str
+    d_sae: int
+    splice: str
+    n_tokens: int
+    mse: float
+    explained_variance: float
+    l0: float
+    dead_fraction: float
+    ce_loss_clean: float
+    ce_loss_with_sae: float
+    ce_loss_with_ablation: float
+    ce_loss_score: float
+    kl_div_with_sae: float
+    kl_div_score: float
+    validity: float | None = None
+    validity_std: float | None = None
+    validity_failures: dict[str, int] | None = None
 
 
 def check_sae_fits(model: HookedTransformer, sae: SAE) -> str:
@@ -97,7 +128,7 @@ def evaluate_sae(
     batch_size: int = 128,
     *,
     allow_other_model: bool = False,
-) -> dict[str, Any]:
+) -> SAEMetrics:
     """All metrics of an SAE on ``dataset[split]``; see the module docstring for definitions.
 
     An SAE trained on another model is refused unless ``allow_other_model`` (:func:`check_sae_model`).
@@ -143,25 +174,25 @@ def evaluate_sae(
     total_var = sum_sq_x / n_tokens - float((sum_vec / n_tokens).pow(2).sum())
     ce = {k: v / n_pred for k, v in ce.items()}
     kl = {k: v / n_tokens for k, v in kl.items()}
-    metrics: dict[str, Any] = {
-        "hook_name": hook,
-        "architecture": sae.cfg.architecture(),
-        "d_sae": sae.cfg.d_sae,
-        "splice": splice,
-        "n_tokens": n_tokens,
-        "mse": sq_err / n_tokens,
-        "explained_variance": 1 - (sq_err / n_tokens) / total_var,
-        "l0": l0 / n_tokens,
-        "dead_fraction": float((~fired).float().mean()),
-        "ce_loss_clean": ce["clean"],
-        "ce_loss_with_sae": ce["sae"],
-        "ce_loss_with_ablation": ce["ablation"],
-        "ce_loss_score": (ce["ablation"] - ce["sae"]) / (ce["ablation"] - ce["clean"]),
-        "kl_div_with_sae": kl["sae"],
-        "kl_div_score": (kl["ablation"] - kl["sae"]) / kl["ablation"],
-    }
+    metrics = SAEMetrics(
+        hook_name=hook,
+        architecture=sae.cfg.architecture(),
+        d_sae=sae.cfg.d_sae,
+        splice=splice,
+        n_tokens=n_tokens,
+        mse=sq_err / n_tokens,
+        explained_variance=1 - (sq_err / n_tokens) / total_var,
+        l0=l0 / n_tokens,
+        dead_fraction=float((~fired).float().mean()),
+        ce_loss_clean=ce["clean"],
+        ce_loss_with_sae=ce["sae"],
+        ce_loss_with_ablation=ce["ablation"],
+        ce_loss_score=(ce["ablation"] - ce["sae"]) / (ce["ablation"] - ce["clean"]),
+        kl_div_with_sae=kl["sae"],
+        kl_div_score=(kl["ablation"] - kl["sae"]) / kl["ablation"],
+    )
     if validity:
         with flush_denormals():  # a dying L1 SAE emits denormals: generation ran ~8x slower
             v = evaluate_validity(model, n_samples=n_samples, repeats=repeats, seed=seed, saes=[sae])
-        metrics.update(validity=v.validity, validity_std=v.validity_std, validity_failures=v.failures)
+        metrics.validity, metrics.validity_std, metrics.validity_failures = v.validity, v.validity_std, v.failures
     return metrics

@@ -10,150 +10,66 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import numbers
 import os
 import shutil
-import tempfile
 import time
-import warnings
+import weakref
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import datasets
 import torch
 from sae_lens import SAE, LoggingConfig, SAETrainer, TrainingSAE
 from sae_lens.config import SAETrainerConfig
-from sae_lens.registry import SAE_TRAINING_CLASS_REGISTRY, get_sae_training_class
-from sae_lens.saes.sae import SAEMetadata
 from transformer_lens import HookedTransformer
 
-from formal_sae.activations import DEFAULT_HOOK, check_hook, collect_activations, hook_shape
-from formal_sae.data import dataset_metadata
+from formal_sae.activations import check_hook, collect_activations, hook_shape
 from formal_sae.errors import SAEError
-from formal_sae.io import write_json
-from formal_sae.models import model_fingerprint
-from formal_sae.outputs import output_dir
-from formal_sae.saes import checkpoints, paper
+from formal_sae.saes import checkpoints
+
+# re-exported: SAE settings and storage lived here before they had modules of their own
+from formal_sae.saes.config import PAPER, SAETrainConfig, architectures, build_training_sae  # noqa: F401
+from formal_sae.saes.storage import (  # noqa: F401
+    TRAIN_CONFIG_FILE,
+    load_sae,
+    model_name_of,
+    sae_output_dir,
+    sae_run_config,
+    save_sae,
+    to_inference,
+)
 from formal_sae.seeding import deterministic
 
-#: formal-sae's name for the paper's architecture (registered in SAELens as ``formal_paper``).
-PAPER = "paper"
-TRAIN_CONFIG_FILE = "formal_sae_sae_config.json"
 CHECKPOINT_DIR = "checkpoints"  # inside an SAE's in-progress folder while it trains
 #: Checkpoints taken while an SAE trains into an output directory (each costs one small save).
 DEFAULT_CHECKPOINTS = 10
+#: Training times of the SAEs trained in this process, held beside them rather than as an attribute
+#: set on SAELens's objects; entries go with their SAE (weak keys).
+_TRAIN_SECONDS: weakref.WeakKeyDictionary[SAE, float] = weakref.WeakKeyDictionary()
 
 
-def architectures() -> list[str]:
-    """Trainable architecture names: every SAELens training architecture, plus ``paper``."""
-    return [PAPER, *(a for a in SAE_TRAINING_CLASS_REGISTRY if a != paper.ARCHITECTURE)]
+class FitResult(NamedTuple):
+    """What :func:`fit_sae` returns: the trained SAE and its training time (resumed runs included)."""
+
+    sae: TrainingSAE
+    train_seconds: float
 
 
-@dataclass
-class SAETrainConfig:
-    """Everything that defines an SAE training run (saved as JSON next to the SAE).
+def train_seconds(sae: SAE) -> float | None:
+    """Seconds an SAE took to train (interrupted runs included), for an SAE that :func:`train_sae`
+    or :func:`~formal_sae.saes.causal.train_causal_sae` returned in this process; None otherwise.
 
-    Sparsity fields apply to the architectures that have them: ``k`` (``topk``, ``batchtopk``,
-    ``matryoshka_batchtopk``, ``paper`` TopK), ``l1_coefficient`` (``standard``, ``gated``, and
-    ``paper`` L1 where it is the paper's sum-reduced alpha), ``l0_coefficient`` (``jumprelu``).
-    The ``pre_bias`` / ``normalize_*`` / ``splice`` switches are the paper's variants and need
-    ``architecture="paper"``. ``extra`` passes any other field of the SAELens training config.
+    It is not SAELens metadata: ``sae.cfg.metadata`` is written whole into ``cfg.json`` by every
+    SAELens save, and a time is different on every run, so an SAE saved twice would differ.
+    Callers record it in ``metrics.json``.
     """
-
-    architecture: str = "topk"
-    hook_name: str = DEFAULT_HOOK
-    expansion_factor: int = 4
-    k: int | None = None
-    l1_coefficient: float | None = None
-    l0_coefficient: float | None = None
-    pre_bias: bool = False
-    normalize_input: bool = False
-    normalize_decoder: bool = False
-    normalize_recon: bool = False
-    splice: str = "scale_correct"
-    training_tokens: int = 200_000
-    batch_size_tokens: int = 1024
-    lr: float = 3e-3  # tiny models, short runs: 3e-4 (usual for LLMs) leaves explained variance near 0 here
-    lr_warm_up_steps: int = 0
-    adam_beta1: float = 0.9
-    adam_beta2: float = 0.999
-    dead_feature_window: int = 1000
-    seed: int = 0
-    device: str = "cpu"
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> SAETrainConfig:
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - names
-        if unknown:
-            raise SAEError(f"unknown SAE config field(s) {sorted(unknown)}")
-        return cls(**d)
-
-    @property
-    def paper_variant(self) -> bool:
-        return self.pre_bias or self.normalize_input or self.normalize_decoder or self.normalize_recon
-
-    def validate(self) -> None:
-        """Refuse invalid settings with an :class:`SAEError` naming the field, its value and the valid
-        range; a warm-up at least as long as the run is shortened to a tenth of it, with a warning."""
-        if self.architecture not in architectures():
-            raise SAEError(f"unknown SAE architecture {self.architecture!r}; choose one of {', '.join(architectures())}")
-        if self.paper_variant and self.architecture != PAPER:
-            raise SAEError(
-                "pre_bias / normalize_input / normalize_decoder / normalize_recon are the paper's variants: "
-                f"use architecture 'paper', not {self.architecture!r}"
-            )
-        if self.architecture == PAPER and self.k is not None and self.l1_coefficient:
-            raise SAEError("the paper SAE is TopK (k) or L1 (l1_coefficient), not both: give one of them")
-        for name in ("expansion_factor", "training_tokens", "batch_size_tokens", "dead_feature_window"):
-            if not _is_int(getattr(self, name)) or getattr(self, name) < 1:
-                raise SAEError(f"{name} must be >= 1 (an integer), got {getattr(self, name)!r}")
-        if self.k is not None and (not _is_int(self.k) or self.k < 1):
-            raise SAEError(f"k={self.k!r} must be between 1 and the dictionary size d_sae = d_in x expansion_factor (an integer)")
-        for name in ("l1_coefficient", "l0_coefficient"):  # a negative penalty rewards dense codes; zero is no penalty
-            value = getattr(self, name)
-            if value is not None and not _is_positive(value):
-                raise SAEError(f"{name} must be > 0, got {value!r}; leave it unset (None) for architectures without it")
-        if not _is_positive(self.lr):
-            raise SAEError(f"lr must be > 0, got {self.lr!r}")
-        for name in ("adam_beta1", "adam_beta2"):
-            if not _is_real(getattr(self, name)) or not 0 <= getattr(self, name) < 1:
-                raise SAEError(f"{name} must be in [0, 1), got {getattr(self, name)!r}")
-        if not _is_int(self.lr_warm_up_steps) or self.lr_warm_up_steps < 0:
-            raise SAEError(f"lr_warm_up_steps must be >= 0 (an integer), got {self.lr_warm_up_steps!r}")
-        total = self.training_tokens // self.batch_size_tokens
-        # A warm-up as long as the run never reaches lr; adjusted here, so that the saved config holds what ran.
-        if 0 < total <= self.lr_warm_up_steps:
-            shorter = total // 10
-            warnings.warn(
-                f"lr_warm_up_steps={self.lr_warm_up_steps} is not shorter than the run ({total} steps = training_tokens // "
-                f"batch_size_tokens), so the learning rate would never reach lr={self.lr}; using lr_warm_up_steps={shorter} "
-                "(a tenth of the run) instead",
-                UserWarning,
-                stacklevel=2,
-            )
-            self.lr_warm_up_steps = shorter
-        if self.splice not in ("scale_correct", "paper"):
-            raise SAEError(f"splice must be 'scale_correct' or 'paper', got {self.splice!r}")
+    return _TRAIN_SECONDS.get(sae)
 
 
-def _is_int(value: Any) -> bool:
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-
-
-def _is_real(value: Any) -> bool:
-    return isinstance(value, numbers.Real) and not isinstance(value, bool)
-
-
-def _is_positive(value: Any) -> bool:
-    """A real number > 0 (NaN is not: ``nan <= 0`` is False, so ``not > 0`` is the test)."""
-    return _is_real(value) and value > 0
+def set_train_seconds(sae: SAE, seconds: float) -> SAE:
+    """Record the training time on ``sae`` (see :func:`train_seconds`); returns ``sae``."""
+    _TRAIN_SECONDS[sae] = float(seconds)
+    return sae
 
 
 def sae_hook_width(model: HookedTransformer, hook_name: str) -> int:
@@ -168,56 +84,6 @@ def sae_hook_width(model: HookedTransformer, hook_name: str) -> int:
             "use a hook with one vector per token, e.g. the block's hook_attn_out or hook_resid_post"
         )
     return shape[0]
-
-
-def _arch_kwargs(cfg: SAETrainConfig, cfg_class: type, d_sae: int) -> dict[str, Any]:
-    """Sparsity and variant settings for the SAELens config class, refusing ones it does not have."""
-    given = {
-        "k": cfg.k,
-        "l1_coefficient": cfg.l1_coefficient,
-        "l0_coefficient": cfg.l0_coefficient,
-        **(
-            {
-                "pre_bias": cfg.pre_bias,
-                "normalize_input": cfg.normalize_input,
-                "normalize_decoder": cfg.normalize_decoder,
-                "normalize_recon": cfg.normalize_recon,
-                "splice": cfg.splice,
-            }
-            if cfg.architecture == PAPER
-            else {}
-        ),
-        **cfg.extra,
-    }
-    given = {k: v for k, v in given.items() if v is not None}
-    fields = {f.name for f in dataclasses.fields(cfg_class)}
-    refused = sorted(set(given) - fields)
-    if refused:
-        raise SAEError(
-            f"architecture {cfg.architecture!r} has no setting {', '.join(refused)}; remove it or choose another architecture"
-        )
-    if "k" in given and not 0 < given["k"] <= d_sae:
-        raise SAEError(f"k={given['k']} must be between 1 and the dictionary size d_sae={d_sae} (d_in x expansion_factor)")
-    if cfg.architecture == "matryoshka_batchtopk" and "matryoshka_widths" not in given:
-        given["matryoshka_widths"] = [max(1, d_sae // 4), max(2, d_sae // 2), d_sae]
-    return given
-
-
-def build_training_sae(cfg: SAETrainConfig, d_in: int, model_name: str = "formal-sae") -> TrainingSAE:
-    """A freshly initialised SAELens ``TrainingSAE`` for ``cfg`` (seeded by ``cfg.seed``)."""
-    cfg.validate()
-    arch = paper.ARCHITECTURE if cfg.architecture == PAPER else cfg.architecture
-    sae_class, cfg_class = get_sae_training_class(arch)
-    d_sae = d_in * cfg.expansion_factor
-    metadata = SAEMetadata(model_name=model_name, hook_name=cfg.hook_name, hook_head_index=None, prepend_bos=True)
-    try:
-        sae_cfg = cfg_class(d_in=d_in, d_sae=d_sae, device=cfg.device, metadata=metadata, **_arch_kwargs(cfg, cfg_class, d_sae))
-    except (ValueError, TypeError) as e:
-        if isinstance(e, SAEError):
-            raise
-        raise SAEError(f"invalid settings for architecture {cfg.architecture!r}: {e}") from None
-    torch.manual_seed(cfg.seed)
-    return sae_class(sae_cfg)
 
 
 _flush_depth = 0
@@ -269,12 +135,6 @@ def cache_activations(
     return collect_activations(model, dataset[split], hook_name, max_tokens)
 
 
-def model_name_of(model) -> str:
-    data = getattr(model, "formal_sae_data", None)
-    cfg = getattr(model, "formal_sae_config", None)
-    return f"formal-sae/{data.grammar if data else 'model'}-{cfg.preset if cfg else 'custom'}"
-
-
 def train_sae(
     model: HookedTransformer,
     dataset: datasets.DatasetDict,
@@ -307,7 +167,7 @@ def train_sae(
 
     Returns:
         The trained SAE as a SAELens inference ``SAE`` (``sae.cfg.metadata.hook_name`` set, so
-        ``model.add_sae(sae)`` works), with ``sae.formal_sae_train_seconds`` recorded.
+        ``model.add_sae(sae)`` works), its training time recorded (:func:`train_seconds`).
     """
     config = dataclasses.replace(config or SAETrainConfig(), **overrides)
     config.validate()  # before any output directory is made
@@ -322,20 +182,7 @@ def train_sae(
         sae = to_inference(trained, model, dataset, config, work)
         if work is not None:
             shutil.rmtree(work / CHECKPOINT_DIR, ignore_errors=True)
-    sae.formal_sae_train_seconds = seconds
-    return sae
-
-
-def sae_run_config(config: SAETrainConfig, **more: Any) -> dict[str, Any]:
-    """What defines an SAE training run, as recorded in its output's marker (the device does not)."""
-    return {"sae": {k: v for k, v in config.to_dict().items() if k != "device"}, **more}
-
-
-def sae_output_dir(out_dir: str | os.PathLike | None, run: dict[str, Any], overwrite: bool):
-    """The SAE's in-progress output folder (:func:`formal_sae.outputs.output_dir`), or None without ``out_dir``."""
-    if out_dir is None:
-        return contextlib.nullcontext(None)
-    return output_dir(out_dir, "sae", run, overwrite=overwrite, resumable=True)
+    return set_train_seconds(sae, seconds)
 
 
 def fit_sae(
@@ -346,7 +193,7 @@ def fit_sae(
     *,
     checkpoint_dir: str | os.PathLike | None = None,
     n_checkpoints: int = 0,
-) -> tuple[TrainingSAE, float]:
+) -> FitResult:
     """Train a SAELens ``TrainingSAE`` with ``SAETrainer``; returns it and the seconds it took.
 
     With ``checkpoint_dir``, training first resumes from the latest complete checkpoint there (if
@@ -391,130 +238,4 @@ def fit_sae(
     t0 = time.perf_counter()
     with flush_denormals(), deterministic():
         trained = trainer.fit()  # SAELens's own loop and progress bar
-    return trained, time.perf_counter() - t0 + (ckpt.seconds_before if ckpt else 0.0)
-
-
-def to_inference(
-    trained: TrainingSAE, model, dataset, config: SAETrainConfig, out_dir: str | os.PathLike | None, extra: dict | None = None
-) -> SAE:
-    """Save a trained SAE in SAELens's format (to ``out_dir`` or a temporary directory) and load
-    it back with ``SAE.load_from_disk``: the result is exactly what users will load later."""
-    meta = dataset_metadata(dataset)
-    trained.cfg.metadata.model_name = model_name_of(model)
-    trained.cfg.metadata.hook_name = config.hook_name
-    trained.cfg.metadata.dataset_path = meta.grammar
-    trained.cfg.metadata.context_size = model.cfg.n_ctx
-    trained.cfg.metadata.model_fingerprint = model_fingerprint(model)  # checked where the SAE is applied (check_sae_model)
-    if out_dir is not None:
-        save_sae(trained, out_dir, config, extra)
-        return load_sae(out_dir, device=config.device)
-    with tempfile.TemporaryDirectory(prefix="formal-sae-sae-") as tmp:
-        save_sae(trained, tmp, config, extra)
-        return load_sae(tmp, device=config.device)
-
-
-def save_sae(
-    trained: TrainingSAE, directory: str | os.PathLike, config: SAETrainConfig, extra: dict | None = None, overwrite: bool = False
-) -> Path:
-    """Write ``cfg.json`` + ``sae_weights.safetensors`` (SAELens inference format, via
-    ``save_inference_model``) and formal-sae's training config into ``directory``, as one
-    artifact (an existing ``directory`` is refused unless ``overwrite``; see :mod:`formal_sae.outputs`)."""
-    with output_dir(directory, "sae", sae_run_config(config, **(extra or {})), overwrite=overwrite) as work:
-        trained.save_inference_model(str(work))
-        write_json(work / TRAIN_CONFIG_FILE, {**config.to_dict(), **(extra or {})})
-    return Path(directory)
-
-
-def load_sae(directory: str | os.PathLike, device: str = "cpu") -> SAE:
-    """Load an SAE saved by formal-sae (plain ``SAE.load_from_disk``, with clear errors).
-
-    Each file is checked first, so a damaged ``cfg.json`` or ``sae_weights.safetensors`` gives an
-    :class:`SAEError` naming it; weights that are not finite, fields SAELens would silently drop,
-    and a ``cfg.json`` that disagrees with ``formal_sae_sae_config.json`` (hook, ``k``, width) too.
-    """
-    import json
-    import re
-
-    from sae_lens.registry import get_sae_class
-    from safetensors import safe_open
-
-    from formal_sae.models import plausible_weights
-
-    directory = Path(directory)
-    for name in ("cfg.json", "sae_weights.safetensors"):
-        if not (directory / name).is_file():
-            raise SAEError(
-                f"{directory / name} is missing; {directory} is not a saved SAE (train one with `formal-sae train-sae`)"
-            )
-    cfg_path, weights_path, train_path = (
-        directory / "cfg.json",
-        directory / "sae_weights.safetensors",
-        directory / TRAIN_CONFIG_FILE,
-    )
-
-    def corrupt(problem: str) -> SAEError:
-        return SAEError(
-            f"the SAE in {directory} is corrupt or from an unknown architecture: {problem}; retrain it or restore it from a copy"
-        )
-
-    def one_line(e: BaseException) -> str:
-        return f"{type(e).__name__}: {' '.join(str(e).split())}"[:300]
-
-    def read(path: Path) -> Any:
-        try:
-            return json.loads(path.read_bytes().decode("utf-8"))
-        except (ValueError, OSError, RecursionError) as e:  # ValueError includes JSON and UTF-8 errors
-            raise corrupt(f"{path} is not valid JSON ({one_line(e)})") from None
-
-    cfg = read(cfg_path)
-    meta = cfg.get("metadata", {}) if isinstance(cfg, dict) else None
-    if not isinstance(cfg, dict) or not isinstance(cfg.get("architecture"), str) or not isinstance(meta, dict):
-        raise corrupt(f"{cfg_path} is not an SAELens config (no architecture or metadata)")
-    try:
-        fields = {f.name for f in dataclasses.fields(get_sae_class(cfg["architecture"])[1])}
-    except Exception as e:
-        raise corrupt(
-            f"{cfg_path} names architecture {cfg['architecture']!r}, which SAELens does not know ({one_line(e)})"
-        ) from None
-    unknown = sorted(set(cfg) - fields - {"metadata", "architecture"})
-    if unknown:  # SAELens drops unknown fields and uses defaults: a misspelt field would change the SAE silently
-        raise corrupt(f"{cfg_path} has field(s) {unknown} that a {cfg['architecture']!r} SAE does not have")
-    known = {"sae_lens_version", "sae_lens_training_version", "model_name", "hook_name", "hook_head_index", "prepend_bos",
-             "training_architecture", "training_architecture_details", "l0", "num_dead_features", "dataset_path",
-             "context_size", "model_fingerprint", "model_class_name", "hf_hook_name", "model_from_pretrained_kwargs",
-             "seqpos_slice", "exclude_special_tokens", "neuronpedia_id"}  # fmt: skip
-    for key in set(meta) - known:  # metadata is free-form: only a near miss of a known field is damage
-        near = [k for k in sorted(known) if len(k) == len(key) and sum(a != b for a, b in zip(k, key)) <= 3]
-        if near:
-            raise corrupt(f"{cfg_path} has a metadata field {key!r} that looks like a damaged {near[0]!r}")
-    fingerprint = meta.get("model_fingerprint")
-    if fingerprint is not None and not (isinstance(fingerprint, str) and re.fullmatch(r"[0-9a-f]{64}", fingerprint)):
-        raise corrupt(f"{cfg_path} has a model_fingerprint that is not a SHA-256 digest")
-    try:
-        with safe_open(str(weights_path), framework="pt") as f:
-            list(f.keys())
-    except Exception as e:
-        raise corrupt(f"{weights_path} is not a readable safetensors file ({one_line(e)})") from None
-    try:
-        sae = SAE.load_from_disk(str(directory), device=device)
-    except Exception as e:  # each file reads, but SAELens cannot build an SAE from them
-        raise corrupt(f"{cfg_path} does not describe the weights in {weights_path} ({one_line(e)})") from None
-    if not all(plausible_weights(p.detach()) for p in sae.parameters()):
-        raise corrupt(f"{weights_path} holds NaN, infinite or absurdly large weights")
-    if train_path.is_file():  # formal-sae's own record of the run: cfg.json must agree with it
-        train = read(train_path)
-        if not isinstance(train, dict):
-            raise corrupt(f"{train_path} is not a JSON object")
-        checks = {
-            "hook_name": (sae.cfg.metadata.hook_name, train.get("hook_name")),
-            "d_sae": (
-                sae.cfg.d_sae,
-                sae.cfg.d_in * train["expansion_factor"] if isinstance(train.get("expansion_factor"), int) else None,
-            ),
-        }
-        if "k" in cfg and train.get("k") is not None:
-            checks["k"] = (cfg["k"], train.get("k"))
-        wrong = [f"{k} {a!r} against {b!r}" for k, (a, b) in checks.items() if a != b]
-        if wrong:
-            raise corrupt(f"{cfg_path} and {train_path} disagree ({', '.join(wrong)}): one of them is damaged")
-    return sae
+    return FitResult(trained, time.perf_counter() - t0 + (ckpt.seconds_before if ckpt else 0.0))

@@ -1,0 +1,7 @@
+"""``python -m formal_sae.cli``: the ``formal-sae`` script."""
+
+import sys
+
+from formal_sae.cli import main
+
+sys.exit(main())
