@@ -480,9 +480,10 @@ def test_english_first_production_frequencies():
         # VP = 0.25 + 0.35 (1 + NP) + 0.25 (VP + 1) + 0.15 (2 VP + 1) = 2.05 + 0.55 VP, so VP = 41/9;
         # S = NP + VP = 68/9 (S -> VP NP has probability 0).
         ("english", 3 + 41 / 9),
-        # Oct-2024 English: NP = 0.4 + 0.15 (2 NP + 1) + 0.45 (1 + NP) = 1 + 0.75 NP, so NP = 4;
-        # VP = 0.2 (1 + NP) + 0.2 + 0.15 (2 VP + 1) + 0.45 (VP + 1) = 1.8 + 0.75 VP, so VP = 7.2.
-        ("english-oct2024", 4 + 7.2),
+        # Oct-2024 English (Adj N, not Adj NP): NP = 0.4 + 0.15 (2 NP + 1) + 0.45 * 2 = 1.45 + 0.3 NP,
+        # so NP = 1.45 / 0.7; VP = 0.2 (1 + NP) + 0.2 + 0.15 (2 VP + 1) + 0.45 (VP + 1) = 1 + 0.2 NP + 0.75 VP,
+        # so VP = 4 + 0.8 NP.
+        ("english-oct2024", 1.45 / 0.7 + 4 + 0.8 * 1.45 / 0.7),
         # p_conj 0.3: NP = 0.4 + 0.3 (2 NP + 1) + 0.3 (1 + NP) = 1 + 0.9 NP = 10;
         # VP = 0.2 * 11 + 0.2 + 0.3 (2 VP + 1) + 0.3 (VP + 1) = 3 + 0.9 VP = 30.
         ("english-conj0.3", 10 + 30),
@@ -732,3 +733,13 @@ def test_unknown_feature_lists_valid_features():
     with pytest.raises(GrammarError, match="no feature 'nope'") as info:
         grammar.feature_spec("nope")
     assert all(name in str(info.value) for name in grammar.feature_names)
+
+
+def test_english_oct2024_is_the_rebuilt_sae_grammar_with_adj_n():
+    """The authors' final create_grammar_english writes `Adj N` (PAPER.md §2.4, corrected): an
+    adjective takes a bare noun. Their variant models' pickles (older code) stack adjectives."""
+    rebuilt, variant = get("english-oct2024"), get("english-conj0.3")
+    stacked, single = ["adj1", "adj2", "noun3", "verb4"], ["adj1", "noun3", "verb4"]
+    assert rebuilt.is_grammatical(single) and not rebuilt.is_grammatical(stacked)
+    assert variant.is_grammatical(stacked)
+    assert all(len(p.rhs()) != 2 or str(p.rhs()[1]) != "NP" or str(p.rhs()[0]) != "Adj" for p in rebuilt.pcfg.productions())

@@ -47,13 +47,17 @@ def english_text(
     n_prepositions: int = 0,
     p_conj: float = 0.15,
     n_tokens: int = 10,
+    adjective_np: bool = True,
 ) -> str:
-    """PCFG text of the English variants, by the authors' final generator (``create_grammar_english``).
+    """PCFG text of the English variants, by the authors' generator (``create_grammar_english``).
 
     With ``n = 1 + relative_clauses + (n_prepositions > 0)`` and ``p = round((0.6 - p_conj) / n, 2)``:
     NP is ``Pro 0.2 | N 0.2 | NP Conj NP p_conj | Adj NP p`` (``| NP AdjRel p``, ``| NP PP p``),
     VP is ``V NP 0.2 | V 0.2 | VP Conj VP p_conj | VP Adv p`` (``| VP AdvRel p``, ``| VP PP p``);
     any shortfall from 1 goes to ``N`` and ``V``. Transitive grammars use ``TV NP`` and ``IV``.
+    ``adjective_np``: ``Adj NP`` (stacked adjectives), as in the pickled grammars of the authors'
+    English variant models, made by older code; False gives ``Adj N``, which the final code writes
+    and from which every English SAE dataset of the authors was rebuilt (``english-oct2024``).
     """
     if not 0 <= p_conj <= 0.6:
         raise GrammarError(f"p_conj must lie in [0, 0.6] (0.4 of each phrase is fixed), got {p_conj}")
@@ -62,7 +66,7 @@ def english_text(
     n = 1 + relative_clauses + (n_prepositions > 0)
     p = round((0.6 - p_conj) / n, 2)
     v_np, v_alone = ("TV NP", "IV") if transitive else ("V NP", "V")
-    np_alts = [("Pro", 0.2), ("N", 0.2), ("NP Conj NP", p_conj), ("Adj NP", p)]
+    np_alts = [("Pro", 0.2), ("N", 0.2), ("NP Conj NP", p_conj), ("Adj NP" if adjective_np else "Adj N", p)]
     vp_alts = [(v_np, 0.2), (v_alone, 0.2), ("VP Conj VP", p_conj), ("VP Adv", p)]
     extra: list[str] = []
     if relative_clauses:
@@ -145,15 +149,17 @@ def english_grammar(
     n_tokens: int = 10,
     name: str | None = None,
     max_length: int | None = PAPER_MAX_LENGTH,
+    adjective_np: bool = True,
 ) -> Grammar:
     """An English variant from flags (see :func:`english_text`)."""
-    text = english_text(transitive, relative_clauses, n_prepositions, p_conj, n_tokens)
+    text = english_text(transitive, relative_clauses, n_prepositions, p_conj, n_tokens, adjective_np)
     flags = [
         f
         for f, on in [
             ("transitive", transitive),
             ("relative clauses", relative_clauses),
             (f"{n_prepositions} prepositions", n_prepositions),
+            ("Adj N", not adjective_np),
         ]
         if on
     ]

@@ -23,7 +23,7 @@ _REGISTRY: dict[str, Callable[[str, int | None], Grammar]] = {
     "english-relative": lambda name, ml: english_grammar(relative_clauses=True, name=name, max_length=ml),
     "english-pp": lambda name, ml: english_grammar(n_prepositions=3, name=name, max_length=ml),
     "english-conj0.3": lambda name, ml: english_grammar(p_conj=0.3, name=name, max_length=ml),
-    "english-oct2024": lambda name, ml: english_grammar(name=name, max_length=ml),
+    "english-oct2024": lambda name, ml: english_grammar(adjective_np=False, name=name, max_length=ml),
 }
 
 #: Every built-in language's default absorption pairs (parent, child feature expressions); the
