@@ -34,10 +34,15 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
+# The Ray tests start a real local Ray cluster and stop every Ray process on teardown (ray stop
+# --force), so they run on their own, in one process, after the xdist-parallel suite (~1 minute).
 test: lint
 	$(BIN)/python -m pytest -q -n 2
+	$(BIN)/python -m pytest -q -m slow tests/test_ray.py
 	$(BIN)/mkdocs build --strict --quiet --site-dir site
 
+# The docs build fetches KaTeX (formulas, typeset at build time) from the npm registry into build/ on
+# first use (docs/hooks/katex_math.py): it needs Node.js and npm.
 docs: $(STAMP)
 	$(BIN)/mkdocs build --strict --site-dir site
 
@@ -48,4 +53,4 @@ bench: $(STAMP)  # every benchmark in turn (one to two hours on 2 CPU cores); ta
 	for b in grammars models saes interventions causal; do $(BIN)/python benchmarks/bench_$$b.py || exit 1; done
 
 clean:
-	rm -rf site runs .pytest_cache .ruff_cache
+	rm -rf site runs build .pytest_cache .ruff_cache

@@ -41,6 +41,7 @@ from formal_sae.grammars import (
     list_grammars,
     load_grammar,
 )
+from formal_sae.hub import model_card, push_model_to_hub, push_sae_to_hub, sae_card
 from formal_sae.interventions import (
     FeatureInterventions,
     Intervention,
@@ -79,7 +80,7 @@ from formal_sae.saes.causal import CausalConfig, held_out_causal_loss, train_cau
 from formal_sae.saes.causal_metrics import held_out_pairs, interpolation_metrics
 from formal_sae.saes.evaluation import SAEMetrics
 from formal_sae.saes.storage import to_inference
-from formal_sae.saes.sweep import CELLS_DIR, RESULTS_JSON, SweepEvaluation, sweep
+from formal_sae.saes.sweep import CELLS_DIR, RESULTS_JSON, RayBackend, SweepEvaluation, sweep
 from formal_sae.saes.training import sae_hook_width, train_seconds
 from formal_sae.training import METRICS_FILE, TrainConfig, train_model
 from formal_sae.version import __version__
@@ -113,6 +114,7 @@ __all__ = [
     "ModelError",
     "OutputError",
     "ProbeReport",
+    "RayBackend",
     "SAEComparison",
     "SAEError",
     "SAEMetrics",
@@ -157,6 +159,7 @@ __all__ = [
     "load_model",
     "load_sae",
     "load_tokenizer",
+    "model_card",
     "model_fingerprint",
     "model_grammar",
     "next_token_effects",
@@ -167,8 +170,11 @@ __all__ = [
     "probe_features",
     "prompt_ids",
     "push_dataset_to_hub",
+    "push_model_to_hub",
+    "push_sae_to_hub",
     "read_json",
     "sae_architectures",
+    "sae_card",
     "sae_hook_width",
     "sample_sequences",
     "save_dataset",

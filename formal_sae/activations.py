@@ -101,7 +101,7 @@ def padded_batch(input_ids: list[list[int]], pad_id: int) -> torch.Tensor:
 
 
 def check_split(split: datasets.Dataset, max_sentences: int | None, action: str = "use") -> None:
-    """Refuse an empty split or a ``max_sentences`` below 1 with a :class:`DatasetError` (``action``:
+    """Refuse an empty split or a ``max_sentences`` below 1 with a [`DatasetError`][formal_sae.DatasetError] (``action``:
     what the caller does with the split, for the message)."""
     if len(split) == 0:
         raise DatasetError(f"the dataset split is empty; {action} a split with sentences (generate more)")

@@ -4,13 +4,14 @@ For each SAE: reconstruction and downstream metrics (``evaluate_sae``), the held
 (nearest-neighbour pairs, as in training), the analysis summary (does the correlation structure
 survive?), and the *linearity error* along latent interpolations on held-out token pairs drawn
 once, without any SAE, and shared by all the SAEs compared
-(:func:`~formal_sae.saes.causal_metrics.interpolation_metrics`): the distance between the output
+([`interpolation_metrics`][formal_sae.interpolation_metrics]): the distance between the output
 at interpolated latents and the interpolation of the outputs, divided by the distance between the
 two endpoint outputs (scale-free; 0 = g is affine along the segment). Lower is better for both.
 """
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +21,7 @@ from formal_sae.analysis import analyze
 from formal_sae.errors import SAEError
 from formal_sae.io import atomic_write_text, read_json, write_json
 from formal_sae.outputs import output_dir
-from formal_sae.plotting import MISSING, number, pyplot
+from formal_sae.plotting import MISSING, number, pyplot, save_figure
 from formal_sae.saes import check_sae_fits, check_sae_model, evaluate_sae, load_sae
 from formal_sae.saes.causal import held_out_causal_loss
 from formal_sae.saes.causal_metrics import held_out_pairs, interpolation_metrics
@@ -59,7 +60,7 @@ class SAEComparison:
 
     def save(self, out_dir: str | os.PathLike, overwrite: bool = False) -> Path:
         """Write ``comparison.json``, ``comparison.md`` and ``comparison.png`` as one artifact (an
-        existing ``out_dir`` is refused unless ``overwrite``; see :mod:`formal_sae.outputs`)."""
+        existing ``out_dir`` is refused unless ``overwrite``; see `formal_sae.outputs`)."""
         with output_dir(out_dir, "comparison", overwrite=overwrite) as out:
             write_json(out / "comparison.json", self.to_dict())
             atomic_write_text(out / "comparison.md", self.to_markdown())
@@ -73,12 +74,23 @@ class SAEComparison:
         fig, axes = plt.subplots(1, len(shown), figsize=(3.0 * len(shown), 3.0))
         names = [r["name"] for r in self.rows]
         for ax, col in zip(axes, shown, strict=True):
-            ax.bar(range(len(names)), [r.get(col) or 0 for r in self.rows], color="tab:blue")
+            heights, errors = self.bars(col)
+            ax.bar(range(len(names)), heights, yerr=errors, capsize=3, color="tab:blue", ecolor="black")
+            for k, h in enumerate(heights):
+                if math.isnan(h):  # not measured: said so, not drawn as a zero bar
+                    ax.text(k, 0, MISSING, ha="center", va="bottom", fontsize=8)
             ax.set_xticks(range(len(names)), names, rotation=30, ha="right", fontsize=7)
-            ax.set_title(col, fontsize=9)
+            ax.set_title(col + (" (± std over repeats)" if errors is not None else ""), fontsize=9)
         fig.tight_layout()
-        fig.savefig(path, dpi=130)
-        plt.close(fig)
+        save_figure(fig, path, dpi=130)
+
+    def bars(self, column: str) -> tuple[list[float], list[float] | None]:
+        """The heights of ``column``'s bars (NaN where not measured) and their error bars: the
+        column's ``_std`` over repeats where the rows have one (validity), else None."""
+        heights = [float(r[column]) if isinstance(r.get(column), (int, float)) else math.nan for r in self.rows]
+        stds = [r.get(f"{column}_std") for r in self.rows]
+        errors = [float(s) if isinstance(s, (int, float)) else 0.0 for s in stds] if any(s is not None for s in stds) else None
+        return heights, errors
 
 
 def compare_saes(
@@ -99,7 +111,7 @@ def compare_saes(
     ``max_sentences`` test sentences, once for all the SAEs.
 
     Every SAE is checked first, before any work: one trained on another model is refused unless
-    ``allow_other_model`` (:func:`~formal_sae.saes.check_sae_model`).
+    ``allow_other_model`` (`check_sae_model`).
     """
     loaded = [load_sae(item) if isinstance(item, (str, os.PathLike)) else item for item in saes]
     labels = [

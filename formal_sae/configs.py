@@ -1,7 +1,7 @@
 """The one contract of every configuration's ``from_dict``: a key that is not a field is an error.
 
 A misspelt setting must not be dropped silently (the run would use the default instead), so
-:func:`check_fields` refuses unknown keys with the configuration's own error class, naming them
+`check_fields` refuses unknown keys with the configuration's own error class, naming them
 and the valid ones.
 """
 

@@ -1,6 +1,6 @@
 """Exceptions raised by formal-sae.
 
-Every error a user can cause by bad input is a :class:`FormalSAEError`: its message names the
+Every error a user can cause by bad input is a [`FormalSAEError`][formal_sae.FormalSAEError]: its message names the
 problem and the way out. The CLI prints these as one line instead of a traceback.
 """
 

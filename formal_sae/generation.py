@@ -122,7 +122,7 @@ def _select_rows(cache: TransformerLensKeyValueCache, keep: torch.Tensor) -> Non
 
 @dataclass
 class ValidityResult:
-    """Outcome of :func:`evaluate_validity`.
+    """Outcome of [`evaluate_validity`][formal_sae.evaluate_validity].
 
     Attributes:
         validity: Mean over repeats of the fraction of grammatical samples.

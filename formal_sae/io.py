@@ -1,7 +1,7 @@
 """Atomic, safe file I/O shared by every file formal-sae writes.
 
 A file is written beside its target and renamed into place, with the modes the umask gives; whole
-artifact directories follow :mod:`formal_sae.outputs`. Configs are JSON; weights are safetensors
+artifact directories follow `formal_sae.outputs`. Configs are JSON; weights are safetensors
 (written by the callers).
 """
 
@@ -20,13 +20,13 @@ from typing import Any
 
 from formal_sae.errors import FormalSAEError
 
-#: Name of the temporary file or folder :func:`atomic_replace` builds beside its target (a kill can leave one).
+#: Name of the temporary file or folder `atomic_replace` builds beside its target (a kill can leave one).
 TEMPORARY_NAME = re.compile(r"\..+\.tmp-\d+-[0-9a-f]{8}")
 
 
 def temporary_path(path: str | os.PathLike, kind: str = "tmp") -> Path:
     """A fresh name beside ``path`` for something written there before it is renamed into place
-    (``kind`` "tmp", matching :data:`TEMPORARY_NAME`) or moved out of the way (``kind`` "old")."""
+    (``kind`` "tmp", matching `TEMPORARY_NAME`) or moved out of the way (``kind`` "old")."""
     path = Path(path)
     return path.parent / f".{path.name}.{kind}-{os.getpid()}-{secrets.token_hex(4)}"
 
@@ -34,11 +34,11 @@ def temporary_path(path: str | os.PathLike, kind: str = "tmp") -> Path:
 def atomic_replace(path: str | os.PathLike, write: Callable[[Path], None]) -> None:
     """formal-sae's one way to replace a file or a folder atomically: ``write(tmp)`` builds it under
     a temporary name beside ``path``, then it is renamed into place. A kill leaves the old ``path``
-    or the new one, never a half-written one (only the temporary, named by :data:`TEMPORARY_NAME`).
+    or the new one, never a half-written one (only the temporary, named by `TEMPORARY_NAME`).
 
     A folder that already exists is first moved aside, then deleted once the new one is in place
     (a directory cannot be renamed onto a non-empty one). Whole artifact directories follow
-    :mod:`formal_sae.outputs` instead."""
+    `formal_sae.outputs` instead."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = temporary_path(path)
@@ -66,7 +66,7 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file and a rename (:func:`atomic_replace`)."""
+    """Write ``data`` to ``path`` through a temporary file and a rename (`atomic_replace`)."""
 
     def write(tmp: Path) -> None:
         # Not tempfile.mkstemp: it creates files with mode 0600 whatever the umask, and a rename

@@ -1,8 +1,8 @@
 """Model construction, presets, save and load: the only module that builds a TransformerLens model.
 
-Models are :class:`FormalSAEModel` instances: a ``sae_lens.HookedSAETransformer`` (a
+Models are [`FormalSAEModel`][formal_sae.FormalSAEModel] instances: a ``sae_lens.HookedSAETransformer`` (a
 ``HookedTransformer`` that SAEs can be spliced into with ``add_sae``), built from a
-:class:`ModelConfig`, carrying their tokenizer, the description of the data they were trained on
+[`ModelConfig`][formal_sae.ModelConfig], carrying their tokenizer, the description of the data they were trained on
 and, once trained, their training metrics. Keeping construction here means a port to
 TransformerLens 4 (``TransformerBridge.boot_native``) touches this file only.
 """
@@ -41,6 +41,7 @@ from formal_sae.data import (
 )
 from formal_sae.errors import FormalSAEError, ModelError
 from formal_sae.grammars import Grammar
+from formal_sae.hub_download import local_folder
 from formal_sae.io import read_json, write_json
 from formal_sae.outputs import output_dir
 from formal_sae.records import Record
@@ -51,7 +52,7 @@ WEIGHTS_FILE = "model.safetensors"
 
 @dataclass
 class ModelConfig:
-    """Architecture and initialisation of a model. Presets: :data:`PRESETS`.
+    """Architecture and initialisation of a model. Presets: `PRESETS`.
 
     Every model is a pre-LayerNorm GPT-2-style transformer with learned absolute positions and
     exact GELU. ``biases=False`` freezes every bias TransformerLens creates at zero (the paper's
@@ -88,7 +89,7 @@ class ModelConfig:
         return cls(**d)
 
 
-#: Built-in presets. ``paper`` is the authors' model (PAPER.md §3.1): 2 layers, d_model 128,
+#: Built-in presets. ``paper`` is the authors' model ([The paper: the language models][paper-models]): 2 layers, d_model 128,
 #: 2 heads of 64, d_mlp 512, context 256, no biases, tied embeddings. ``small`` is the quick-start
 #: model (a quarter of the width, trains in minutes on a CPU); ``tiny`` is for tests.
 PRESETS: dict[str, ModelConfig] = {
@@ -123,7 +124,7 @@ class TiedUnembed(Unembed):
 
 @dataclass(eq=False)
 class TrainingMetrics(Record):
-    """What :func:`train_model` measured (``model.formal_sae_metrics``; ``metrics.json`` is its
+    """What [`train_model`][formal_sae.train_model] measured (``model.formal_sae_metrics``; ``metrics.json`` is its
     ``to_dict()``). Validity is that of the final model over ``final_validity_repeats`` draws."""
 
     validity: float
@@ -147,7 +148,7 @@ class FormalSAEModel(HookedSAETransformer):
         formal_sae_config: The architecture it was built from (saved in ``config.json``).
         formal_sae_data: The training dataset's metadata (grammar, prompt, features; saved in
             ``config.json``), or None for a model built without one.
-        formal_sae_metrics: What :func:`formal_sae.train_model` measured (``metrics.json``), or
+        formal_sae_metrics: What [`formal_sae.train_model`][formal_sae.train_model] measured (``metrics.json``), or
             None for a model that was built or loaded rather than trained in this process.
     """
 
@@ -163,8 +164,23 @@ class FormalSAEModel(HookedSAETransformer):
         self.formal_sae_metrics = None
 
 
-def _hooked_config(config: ModelConfig, d_vocab: int, device: str) -> HookedTransformerConfig:
+def model_name(config: ModelConfig | None, data: DatasetMetadata | None) -> str:
+    """The name of a formal-sae model, ``formal-sae/<grammar>-<preset>`` (e.g. ``formal-sae/dyck2-small``):
+    its ``cfg.model_name``, the ``model_name`` of its ``config.json`` and of its SAEs' metadata.
+    A model built without dataset metadata is ``formal-sae/model-<preset>``."""
+    return f"formal-sae/{data.grammar if data else 'model'}-{config.preset if config else 'custom'}"
+
+
+def model_name_of(model: torch.nn.Module) -> str:
+    """`model_name` of a model (``formal-sae/model-custom`` for other TransformerLens models)."""
+    return model_name(model_config(model), model_data(model))
+
+
+def _hooked_config(
+    config: ModelConfig, d_vocab: int, device: str, data: DatasetMetadata | None = None
+) -> HookedTransformerConfig:
     return HookedTransformerConfig(
+        model_name=model_name(config, data),
         n_layers=config.n_layers,
         d_model=config.d_model,
         n_heads=config.n_heads,
@@ -204,7 +220,7 @@ def build_model(
     device = resolve_device(device)
     with warnings.catch_warnings():  # TL 3 warns that HookedTransformer goes away in TL 4; see module docstring
         warnings.simplefilter("ignore", DeprecationWarning)
-        model = FormalSAEModel(_hooked_config(config, len(tokenizer), device), tokenizer, config, data)
+        model = FormalSAEModel(_hooked_config(config, len(tokenizer), device, data), tokenizer, config, data)
     with torch.no_grad():
         std = config.initializer_range / (2 * config.n_layers) ** 0.5
         for block in model.blocks:
@@ -241,13 +257,13 @@ def resolve_device(device: str | torch.device | None, available: bool = True) ->
 
 
 def model_data(model: torch.nn.Module) -> DatasetMetadata | None:
-    """The training data's metadata of a :class:`FormalSAEModel` (None for one built without it,
+    """The training data's metadata of a [`FormalSAEModel`][formal_sae.FormalSAEModel] (None for one built without it,
     and for other TransformerLens models, which carry none)."""
     return model.formal_sae_data if isinstance(model, FormalSAEModel) else None
 
 
 def model_config(model: torch.nn.Module) -> ModelConfig | None:
-    """The :class:`ModelConfig` of a :class:`FormalSAEModel` (None for other TransformerLens models)."""
+    """The [`ModelConfig`][formal_sae.ModelConfig] of a [`FormalSAEModel`][formal_sae.FormalSAEModel] (None for other TransformerLens models)."""
     return model.formal_sae_config if isinstance(model, FormalSAEModel) else None
 
 
@@ -284,7 +300,7 @@ def model_fingerprint(model: torch.nn.Module) -> str:
 
 def save_model(model: FormalSAEModel, directory: str | os.PathLike, overwrite: bool = False) -> Path:
     """Write ``config.json`` (ModelConfig + training-data metadata), ``model.safetensors`` and the
-    tokenizer (``tokenizer/``) as one artifact (see :mod:`formal_sae.outputs`: an existing
+    tokenizer (``tokenizer/``) as one artifact (see `formal_sae.outputs`: an existing
     ``directory`` is refused unless ``overwrite``)."""
     config, data = model.formal_sae_config, model.formal_sae_data
     with output_dir(directory, "model", {"model": config.to_dict()}, overwrite=overwrite) as work:
@@ -297,20 +313,30 @@ def save_model(model: FormalSAEModel, directory: str | os.PathLike, overwrite: b
             model.tokenizer.save_pretrained(str(work / TOKENIZER_DIR))
         write_json(
             work / CONFIG_FILE,
-            {"model": config.to_dict(), "d_vocab": model.cfg.d_vocab, "data": None if data is None else data.__dict__},
+            {
+                "model": config.to_dict(),
+                "model_name": model_name(config, data),  # for loaders without formal-sae; derived again on loading
+                "d_vocab": model.cfg.d_vocab,
+                "data": None if data is None else data.__dict__,
+            },
         )
     return Path(directory)
 
 
-def load_model(directory: str | os.PathLike, device: str = "cpu") -> FormalSAEModel:
-    """Load a model saved by :func:`save_model` (or by training) with its tokenizer.
+def load_model(directory: str | os.PathLike, device: str = "cpu", revision: str | None = None) -> FormalSAEModel:
+    """Load a model saved by [`save_model`][formal_sae.save_model] (or by training) with its tokenizer.
+
+    ``directory`` is a folder or a Hugging Face Hub repo pushed by
+    [`formal_sae.push_model_to_hub`][formal_sae.push_model_to_hub]: ``"user/repo"``, ``"user/repo@revision"``,
+    ``"user/repo/subfolder"`` (``hf://`` in front makes it explicit; ``revision`` is the same as
+    ``@revision``). A repo is downloaded into the Hugging Face cache and loaded from there like a folder.
 
     Each file is checked, so that a damaged ``config.json``, tokenizer or ``model.safetensors``
-    raises a :class:`ModelError` naming it instead of failing later or loading a different model:
+    raises a [`ModelError`][formal_sae.ModelError] naming it instead of failing later or loading a different model:
     unknown or mistyped config fields, feature declarations or a vocabulary that do not match the
     stored grammar, and weights of other shapes, not finite or absurdly large.
     """
-    directory = Path(directory)
+    directory = local_folder(directory, "model", ModelError, revision)
     if not directory.is_dir():
         raise ModelError(f"model directory {directory} does not exist; train one with `formal-sae train-model`")
     path = directory / CONFIG_FILE
@@ -364,7 +390,7 @@ MAX_PLAUSIBLE_WEIGHT = 1e6
 
 
 def plausible_weights(t: torch.Tensor) -> bool:
-    """Finite and at most :data:`MAX_PLAUSIBLE_WEIGHT` in size: what damaged weights usually are not."""
+    """Finite and at most `MAX_PLAUSIBLE_WEIGHT` in size: what damaged weights usually are not."""
     return t.numel() == 0 or bool((t.abs() <= MAX_PLAUSIBLE_WEIGHT).all())  # NaN compares False
 
 

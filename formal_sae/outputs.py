@@ -5,7 +5,7 @@ Every artifact (dataset, model, SAE, sweep, report, reproduction) is a directory
 * is **built beside its target**, in ``<out>.in-progress/``, and renamed into place whole when
   complete, so a kill at any instant leaves either the previous artifact untouched or a
   resumable in-progress folder, never a mix;
-* carries a marker, :data:`MARKER_FILE`, naming its kind, its configuration and every file
+* carries a marker, `MARKER_FILE`, naming its kind, its configuration and every file
   formal-sae wrote into it;
 * is **refused when the target exists** and is not empty, unless ``overwrite=True``
   (``--overwrite``), which replaces only a directory carrying formal-sae's marker and holding no
@@ -15,7 +15,7 @@ Every artifact (dataset, model, SAE, sweep, report, reproduction) is a directory
   refuses one of another configuration, naming the difference;
 * follows the **umask** (files and folders are created with the ordinary modes).
 
-:func:`output_dir` applies all of this; commands and API functions that write call it.
+[`output_dir`][formal_sae.output_dir] applies all of this; commands and API functions that write call it.
 """
 
 from __future__ import annotations
@@ -68,7 +68,7 @@ def _files(directory: Path) -> list[str]:
 
 
 def _remove_temporaries(directory: Path) -> None:
-    """Delete files a killed write left half-written (:func:`formal_sae.io.atomic_write_bytes` names them)."""
+    """Delete files a killed write left half-written (`formal_sae.io.atomic_write_bytes` names them)."""
     for path in directory.rglob(".*"):
         if path.is_file() and TEMPORARY_NAME.fullmatch(path.name):
             path.unlink()
@@ -114,7 +114,7 @@ def _forbidden(out: Path) -> str | None:
 
 def check_output(out: str | os.PathLike, kind: str, overwrite: bool = False) -> Path:
     """Check, before any work, that ``out`` may receive an artifact of ``kind``; raise
-    :class:`~formal_sae.errors.OutputError` naming the problem and the fix if not."""
+    [`OutputError`][formal_sae.OutputError] naming the problem and the fix if not."""
     out = Path(out)
     reason = _forbidden(out)
     if reason:
@@ -269,7 +269,7 @@ def _remove(directory: Path) -> None:
 
 
 def _recover(out: Path) -> None:
-    """Finish a replacement that was interrupted (see :func:`_commit`)."""
+    """Finish a replacement that was interrupted (see `_commit`)."""
     replaced = out.parent / f"{out.name}{REPLACED_SUFFIX}"
     if not replaced.is_dir() or read_marker(replaced) is None:
         return

@@ -4,7 +4,7 @@ Formal-language sentences are short and long-tailed (Expr averages under 5 token
 over 100), so padding a batch to its longest sentence wastes most of it, and the paper padded
 every sentence to 128 tokens. Here sentences are packed end to end into rows as wide as the
 longest one. TransformerLens's forward has no per-sentence attention mask or position ids, so two
-hooks supply them (:func:`packed_hooks`): ``hook_pos_embed`` takes each token's position within
+hooks supply them (`packed_hooks`): ``hook_pos_embed`` takes each token's position within
 its sentence, and every ``hook_attn_scores`` (already causal) is masked to the token's own
 sentence. Language-model training runs this way. (The activation cache does not: rows as wide
 as the longest sentence make attention costlier per token than batches of similar lengths,
@@ -68,7 +68,7 @@ def pack_rows(lengths: list[int]) -> list[list[int]]:
 
 
 def pack_sequences(sequences: list[list[int]], pad_id: int, device: str = "cpu") -> PackedBatch:
-    """Pack token sequences into as few rows as first-fit decreasing finds (see :class:`PackedBatch`)."""
+    """Pack token sequences into as few rows as first-fit decreasing finds (see `PackedBatch`)."""
     lengths = [len(s) for s in sequences]
     rows = pack_rows(lengths)
     shape = (len(rows), max(lengths))

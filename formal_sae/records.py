@@ -18,7 +18,9 @@ class Record(Mapping[str, Any]):
 
     Class settings: ``_keys`` renames fields in the JSON form (for keys that are not Python
     names, e.g. ``"n_latents_abs_rho_ge_0.9"``); ``_optional`` lists fields left out of it when
-    they are None (keys that are absent, not null, when not measured). Declare records with
+    they are None (keys that are absent, not null, when not measured). A field declared with
+    ``field(metadata={"json": False})`` is an attribute only (e.g. a per-latent array a figure
+    needs), never in the JSON form. Declare records with
     ``@dataclass(eq=False)``: they then compare as mappings, equal to each other and to a dict
     exactly when their keys and values are.
     """
@@ -29,7 +31,7 @@ class Record(Mapping[str, Any]):
     def _present(self) -> Iterator[tuple[str, str]]:
         """(JSON key, field name) of the fields in the JSON form, in field order."""
         for f in dataclasses.fields(self):  # type: ignore[arg-type]
-            if f.name in self._optional and getattr(self, f.name) is None:
+            if (f.name in self._optional and getattr(self, f.name) is None) or f.metadata.get("json") is False:
                 continue
             yield self._keys.get(f.name, f.name), f.name
 

@@ -2,7 +2,7 @@
 
 Seeding is not enough on a multi-core CPU: some PyTorch kernels (the embedding's backward pass,
 for one) accumulate in parallel in an order that changes from run to run, so two runs with the
-same seed drifted apart within a hundred steps. Inside :func:`deterministic` PyTorch picks its
+same seed drifted apart within a hundred steps. Inside `deterministic` PyTorch picks its
 deterministic kernels instead.
 """
 

@@ -53,6 +53,7 @@ from formal_sae.outputs import in_progress_path, output_dir
 from formal_sae.packing import PackedBatch, pack_sequences, packed_hooks
 from formal_sae.plotting import pyplot
 from formal_sae.seeding import deterministic
+from formal_sae.tracking import log_metrics, log_summary, wandb_run
 
 CHECKPOINT_DIR = "checkpoint"
 METRICS_FILE = "metrics.json"
@@ -62,7 +63,7 @@ CURVE_FILE = "training_curve.png"
 
 @dataclass
 class TrainConfig:
-    """Optimisation settings. Defaults follow the paper (PAPER.md §3.2) where it is explicit.
+    """Optimisation settings. Defaults follow the paper ([The paper: the language models][paper-models]) where it is explicit.
 
     The paper's schedule (warm-up 200, cosine to 0.9·lr over 1e6 nominal steps, stopped at 70k)
     keeps the learning rate near its peak; here the cosine ends at ``min_lr_ratio``·lr at ``steps``.
@@ -115,7 +116,7 @@ class TrainConfig:
         self.validate()  # a config that exists is a valid one: refused where it is written, not deep in a run
 
     def validate(self) -> None:
-        """Refuse invalid settings with a :class:`ModelError` naming the field, its value and the valid
+        """Refuse invalid settings with a [`ModelError`][formal_sae.ModelError] naming the field, its value and the valid
         range; a warm-up at least as long as the run is shortened to a tenth of it, with a warning
         (here, so that the saved and resumed configurations hold the value actually used)."""
         positive = ("steps", "batch_size", "eval_every", "checkpoint_every", "micro_batch_tokens", "validity_samples")
@@ -173,7 +174,7 @@ class SentenceBatches:
 
 def next_token_loss(model, batch: PackedBatch, reduction: str = "sum") -> torch.Tensor:
     """Next-token cross-entropy over the real targets of a packed batch (``reduction`` "sum" or
-    "mean"), every sentence computed as if alone (:func:`formal_sae.packing.packed_hooks`)."""
+    "mean"), every sentence computed as if alone (`formal_sae.packing.packed_hooks`)."""
     with model.hooks(fwd_hooks=packed_hooks(model, batch)):
         logits = model(batch.tokens, return_type="logits")[:, :-1]
     return F.cross_entropy(
@@ -254,7 +255,7 @@ def _save_checkpoint(
 
 
 def _load_checkpoint(out: Path, model, optimizer, data: DatasetMetadata) -> tuple[int, list[dict], float | None]:
-    """Restore a checkpoint of the run in ``out`` (its configuration was matched by :func:`output_dir`)."""
+    """Restore a checkpoint of the run in ``out`` (its configuration was matched by [`output_dir`][formal_sae.output_dir])."""
     ckpt = out / CHECKPOINT_DIR
     try:
         state = read_json(ckpt / "state.json", what="checkpoint state")
@@ -314,21 +315,25 @@ def train_model(
     resume: bool = False,
     progress: bool = True,
     overwrite: bool = False,
+    *,
+    wandb_project: str | None = None,
 ) -> FormalSAEModel:
     """Train a model on a formal-sae dataset and return it, its metrics in ``model.formal_sae_metrics``.
 
     Args:
-        dataset: From :func:`formal_sae.build_dataset` / :func:`formal_sae.load_dataset_dir`.
-        config: A :class:`ModelConfig` or a preset name.
-        train: Optimisation settings (defaults: :class:`TrainConfig`).
+        dataset: From [`formal_sae.build_dataset`][formal_sae.build_dataset] / [`formal_sae.load_dataset_dir`][formal_sae.load_dataset_dir].
+        config: A [`ModelConfig`][formal_sae.ModelConfig] or a preset name.
+        train: Optimisation settings (defaults: [`TrainConfig`][formal_sae.TrainConfig]).
         out_dir: If given: the final model (``save_model``), ``metrics.json``,
             ``train_config.json`` and ``training_curve.png``, built in ``<out_dir>.in-progress``
-            (checkpoints included) and moved into place when complete (:mod:`formal_sae.outputs`).
+            (checkpoints included) and moved into place when complete (`formal_sae.outputs`).
             An interrupted run with the same settings resumes from its last checkpoint and
             reaches the same weights; one with other settings is refused, naming them.
         resume: Require an interrupted run to resume (an error if there is none).
         progress: Show a tqdm progress bar.
         overwrite: Replace an existing model in ``out_dir`` (only one formal-sae wrote).
+        wandb_project: Log the training curve and final metrics to this W&B project
+            (`formal_sae.tracking`); not part of the run's configuration.
     """
     train = train or TrainConfig()
     train.validate()
@@ -359,16 +364,22 @@ def train_model(
     model = build_model(config, tokenizer, meta, device=train.device)
     run = {"model": config.to_dict(), "train": {k: v for k, v in train.to_dict().items() if k != "device"},
            "data": {"grammar": meta.grammar, "seed": meta.seed, "splits": meta.splits}}  # fmt: skip
+    wandb_config = {**run, "train": train.to_dict(), "out_dir": out}
+    name = out.name if out is not None else None
     if out is None:
-        _train_loop(model, dataset, train, meta, grammar, tokenizer, None, progress)
+        with wandb_run(wandb_project, name=name, config=wandb_config, job_type="train-model") as wb:
+            _train_loop(model, dataset, train, meta, grammar, tokenizer, None, progress, wb)
         return model
     if resume and not (in_progress_path(out) / CHECKPOINT_DIR).is_dir():
         raise ModelError(
             f"nothing to resume: {in_progress_path(out) / CHECKPOINT_DIR} does not exist; start the run without --resume"
         )
-    with output_dir(out, "model", run, overwrite=overwrite, resumable=True) as work:
+    with (
+        output_dir(out, "model", run, overwrite=overwrite, resumable=True) as work,
+        wandb_run(wandb_project, name=name, config=wandb_config, job_type="train-model") as wb,
+    ):
         write_json(work / TRAIN_CONFIG_FILE, {"model": config.to_dict(), "train": train.to_dict(), "data": meta.__dict__})
-        _train_loop(model, dataset, train, meta, grammar, tokenizer, work, progress)
+        _train_loop(model, dataset, train, meta, grammar, tokenizer, work, progress, wb)
         save_model(model, work)
         write_json(work / METRICS_FILE, model.formal_sae_metrics.to_dict())
         plot_training_curve(model.formal_sae_metrics.history, work / CURVE_FILE)
@@ -377,17 +388,33 @@ def train_model(
     return model
 
 
+def _log_evaluation(wb, entry: dict) -> None:
+    """One evaluation of the training history to W&B (nothing when ``wb`` is None)."""
+    metrics = {"train/loss": entry["train_loss"], "val/loss": entry["val_loss"], "val/validity": entry["validity"]}
+    log_metrics(wb, {**metrics, "train/lr": entry["lr"]}, step=entry["step"])
+
+
 def _train_loop(
-    model: FormalSAEModel, dataset, train: TrainConfig, meta, grammar, tokenizer, work: Path | None, progress: bool
+    model: FormalSAEModel,
+    dataset,
+    train: TrainConfig,
+    meta,
+    grammar,
+    tokenizer,
+    work: Path | None,
+    progress: bool,
+    wb=None,
 ) -> None:
     """Train ``model`` in place, checkpointing into (and resuming from) ``work`` when given; sets
-    ``model.formal_sae_metrics``."""
+    ``model.formal_sae_metrics``. With a W&B run ``wb``, logs each evaluation and the final metrics."""
     train_seqs, val_seqs = sequences_of(dataset["train"]), sequences_of(dataset["validation"])[: train.val_sentences]
     optimizer = make_optimizer(model, train)
     config = model.formal_sae_config
     start, history, running = 0, [], None
     if work is not None and (work / CHECKPOINT_DIR).is_dir():
         start, history, running = _load_checkpoint(work, model, optimizer, meta)
+    for entry in history:  # a resumed run: its W&B run holds the whole curve
+        _log_evaluation(wb, entry)
 
     batches = SentenceBatches(len(train_seqs), train.batch_size, train.seed)
     pad_id = tokenizer.pad_token_id
@@ -416,6 +443,7 @@ def _train_loop(
                 "lr": lr_at(step, train),
             }
             history.append(last)
+            _log_evaluation(wb, last)
             model.train()
         if work is not None and (done % train.checkpoint_every == 0) and done < train.steps:
             _save_checkpoint(work, model, optimizer, done, history, config, train, meta, running)
@@ -445,3 +473,4 @@ def _train_loop(
         real_tokens_per_second_this_run=real_tokens / elapsed if elapsed > 0 else float("nan"),
         history=history,
     )
+    log_summary(wb, {k: v for k, v in model.formal_sae_metrics.to_dict().items() if k != "history"})

@@ -13,7 +13,7 @@ PACKAGE = ROOT / "formal_sae"
 
 #: The floors of docs/architecture.md, lowest first: a module may import its own floor and below.
 FLOORS = [
-    {"errors", "version", "io", "configs", "records", "plotting", "outputs", "seeding"},
+    {"errors", "version", "io", "configs", "records", "plotting", "outputs", "seeding", "hub_download", "tracking"},
     {"grammars"},
     {"packing", "data"},
     {"models", "activations"},
@@ -21,7 +21,7 @@ FLOORS = [
     {"saes", "training"},
     {"interventions"},
     {"analysis"},
-    {"comparison"},
+    {"comparison", "hub"},
     {"__init__"},
     {"reproduce"},
     {"cli"},

@@ -274,7 +274,9 @@ def test_no_flag_is_declared_outside_the_dataclasses(capsys):
         declared = {"--" + n.replace("_", "-") for n in names} | {"--no-" + n.replace("_", "-") for n in names}
         flags = _flags(_help(capsys, command.name))
         assert flags <= declared, (command.name, flags - declared)
-        assert flags >= {"--" + n.replace("_", "-") for n in names if n not in ("grammar", "saes")}, command.name
+        assert flags >= {"--" + n.replace("_", "-") for n in names if n not in ("grammar", "saes", "directory", "repo_id")}, (
+            command.name
+        )
         assert "." not in _help(capsys, command.name).split("\n\n")[0]  # no name clash made simple_parsing prefix a flag
 
 

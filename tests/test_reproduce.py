@@ -174,3 +174,21 @@ def test_a_failed_stage_leaves_its_claims_not_tested_and_the_others_judged(tmp_p
         assert v.verdict == NOT_TESTED and words in v.reason, (claim, v)
     assert claims["C2"].languages["expr"].verdict != NOT_TESTED or "stage failed" not in claims["C2"].languages["expr"].reason
     assert not (tmp_path / "run" / "expr" / "c1_c3.json").exists()  # a rerun tries the failed stage again
+
+
+def test_the_paper_scale_uses_the_papers_sequence_format(tmp_path, monkeypatch):
+    """At scale paper the data carries the authors' 7-token decorator; the other scales use <bos>."""
+    seen = {}
+
+    class Stop(Exception):
+        pass
+
+    def record(grammar, out, **kwargs):
+        seen.update(kwargs)
+        raise Stop
+
+    monkeypatch.setattr(stages, "generate_dataset", record)
+    with pytest.raises(Stop):
+        stages.run_language("dyck2", tmp_path / "dyck2", SCALES["paper"])
+    assert seen["prompt_format"] == "paper" and seen["n_train"] == 1_000_000
+    assert {s.prompt_format for name, s in SCALES.items() if name != "paper"} == {"bos"}

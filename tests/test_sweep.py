@@ -130,7 +130,7 @@ def test_paper_grid_cell_counts_match_the_paper():
     assert load_grid("paper-small", d_in=64) == paper_grid("small", d_in=64)
     assert load_grid("paper", scale="small", d_in=64) == paper_grid("small", d_in=64)
     with pytest.raises(SAEError, match="unknown paper variant"):
-        paper_grid(variants=["recon"])
+        paper_grid(variants=["dec"])  # "recon" exists: the sparsemax sweep 1iii uses it
 
 
 def test_sweep_writes_results_heatmaps_and_loadable_saes(swept):

@@ -1,6 +1,6 @@
 """SAE latents aligned with the ground-truth features of the tokens they were computed on.
 
-Activations come from :func:`formal_sae.activations.iter_sentence_batches` (sentence tokens only,
+Activations come from `formal_sae.activations.iter_sentence_batches` (sentence tokens only,
 unshuffled, each with its dataset row and position), so every latent value sits next to the
 features of its token. Latents are kept sparse (most are zero) and handed out in dense chunks of
 latents, so memory stays bounded: 1M tokens x 4096 latents never exist as one dense matrix.

@@ -1,7 +1,7 @@
 """Correlation vs causal effect of SAE latents: the paper's central comparison, for every latent.
 
-Each latent's correlation with the ground-truth features comes from :func:`formal_sae.analysis.analyze`;
-its causal effect is its single-latent ablation effect (:func:`formal_sae.interventions.single_latent_effects`).
+Each latent's correlation with the ground-truth features comes from [`formal_sae.analysis.analyze`][formal_sae.analyze];
+its causal effect is its single-latent ablation effect ([`formal_sae.interventions.single_latent_effects`][formal_sae.single_latent_effects]).
 The report flags the two kinds of mismatch: well correlated with little effect, and effect without correlation.
 """
 
@@ -16,14 +16,14 @@ from scipy import stats
 
 from formal_sae.analysis.report import AnalysisReport, analyze
 from formal_sae.interventions.effects import single_latent_effects
-from formal_sae.plotting import pyplot
+from formal_sae.plotting import number, pyplot
 from formal_sae.records import Record
 from formal_sae.saes.evaluation import check_sae_fits, check_sae_model
 
 #: A latent is "correlated" with a target when |Pearson| >= this, "uncorrelated" below 0.3.
 CORRELATED = 0.5
 UNCORRELATED = 0.3
-#: Files :meth:`CausalReport.save` writes.
+#: Files [`CausalReport.save`][formal_sae.analysis.causal_report.CausalReport.save] writes.
 REPORT_JSON, REPORT_MD, SCATTER_PNG = "report.json", "report.md", "correlation_vs_effect.png"
 
 
@@ -90,11 +90,11 @@ class CausalReport:
             "",
             "Causal effect of a latent = mean total variation of the next-token distribution over grammar classes "
             "when the latent alone is zero-ablated (with the SAE error term), at the tokens where it fires.",
-            f"High effect = at least the live latents' median ({s.median_effect:.2e}).",
+            f"High effect = at least the live latents' median ({number(s.median_effect, 2, 'e')}).",
             "",
             f"- correlated (|rho| >= {CORRELATED}) but with little effect: **{s.n_correlated_not_causal}** latents",
             f"- effect in the top decile but uncorrelated (max |rho| < {UNCORRELATED}): **{s.n_causal_not_correlated}** latents",
-            f"- Spearman rank correlation between max |rho| and effect over live latents: {s.rank_agreement:.3f}",
+            f"- Spearman rank correlation between max |rho| and effect over live latents: {number(s.rank_agreement)}",
             "",
             "| target | latent | Pearson | rank by abs(rho) | effect (class TV) | KL | rank by effect | flag |",
             "|---|---|---|---|---|---|---|---|",
@@ -102,14 +102,14 @@ class CausalReport:
         for name, rows in self.targets.items():
             for r in rows:
                 lines.append(
-                    f"| `{name}` | {r.latent} | {r.pearson:.3f} | {r.rank_by_correlation} | {r.effect:.2e} | "
-                    f"{r.kl:.2e} | {r.rank_by_effect} | {r.flag or ''} |"
+                    f"| `{name}` | {r.latent} | {number(r.pearson)} | {r.rank_by_correlation} | {number(r.effect, 2, 'e')} | "
+                    f"{number(r.kl, 2, 'e')} | {r.rank_by_effect} | {r.flag or ''} |"
                 )
         return "\n".join(lines) + "\n"
 
     def save(self, out_dir, overwrite: bool = False) -> None:
         """Write ``report.json``, ``report.md`` and ``correlation_vs_effect.png`` as one artifact
-        (an existing ``out_dir`` is refused unless ``overwrite``; see :mod:`formal_sae.outputs`)."""
+        (an existing ``out_dir`` is refused unless ``overwrite``; see `formal_sae.outputs`)."""
         from formal_sae.io import atomic_write_text, write_json
         from formal_sae.outputs import output_dir
 

@@ -1,4 +1,4 @@
-"""Figures of an :class:`~formal_sae.analysis.report.AnalysisReport` (matplotlib PNGs, plain HTML)."""
+"""Figures of an [`AnalysisReport`][formal_sae.AnalysisReport] (matplotlib PNGs, plain HTML)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,22 @@ import os
 
 import numpy as np
 
-from formal_sae.plotting import MISSING, pyplot
+from formal_sae.plotting import MISSING, number, pyplot, save_figure
+
+
+def distinct_sentences(aligned, ranked_rows, n: int) -> list[int]:
+    """The first ``n`` of ``ranked_rows`` (sentence rows of ``aligned``, best first) whose token
+    sequences differ: a short sentence that occurs many times in the data is shown once."""
+    seen, out = set(), []
+    for row in ranked_rows:
+        idx = np.flatnonzero(aligned.rows == row)
+        key = tuple(int(t) for t in aligned.token_ids[idx[np.argsort(aligned.positions[idx])]])
+        if key not in seen:
+            seen.add(key)
+            out.append(row)
+            if len(out) == n:
+                break
+    return out
 
 
 def correlation_heatmap(report, path: str | os.PathLike) -> None:
@@ -16,16 +31,18 @@ def correlation_heatmap(report, path: str | os.PathLike) -> None:
     names = report.target_names
     latents = list(dict.fromkeys(report.targets[n]["best_latent"] for n in names))
     matrix = report.correlations[latents][:, [names.index(n) for n in names]].T
-    fig, ax = plt.subplots(figsize=(1.2 + 0.45 * len(latents), 1.0 + 0.32 * len(names)))
+    # room for the longest feature name and for the colour bar's label, whatever the matrix's size
+    label_width = 0.07 * max(map(len, names), default=4)
+    fig, ax = plt.subplots(figsize=(max(4.5, 2.2 + label_width + 0.45 * len(latents)), max(3.0, 1.6 + 0.32 * len(names))))
     im = ax.imshow(matrix, cmap="RdBu_r", vmin=-1, vmax=1, aspect="auto")
     ax.set_xticks(range(len(latents)), [str(j) for j in latents], rotation=90, fontsize=7)
     ax.set_yticks(range(len(names)), names, fontsize=7)
-    ax.set_xlabel("latent (best latent of some feature)")
-    fig.colorbar(im, ax=ax, label="Pearson correlation", shrink=0.8)
+    ax.set_xlabel("latent (best latent of some feature)", fontsize=8)
+    bar = fig.colorbar(im, ax=ax, fraction=0.06, pad=0.03)
+    bar.set_label("Pearson correlation", fontsize=8)
+    bar.ax.tick_params(labelsize=7)
     ax.set_title(f"{report.summary['grammar']}: latents vs features", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=130)
-    plt.close(fig)
+    save_figure(fig, path, dpi=130)  # a tight bounding box: no tick, axis or colour-bar label is clipped
 
 
 def depth_heatmap(report, latent: int, path: str | os.PathLike, depth_feature: str = "depth", n_sentences: int = 3) -> None:
@@ -39,7 +56,7 @@ def depth_heatmap(report, latent: int, path: str | os.PathLike, depth_feature: s
         sentence_max[row] = max(sentence_max.get(row, 0.0), float(v))
     length = np.bincount(a.rows)
     readable = [r for r in sentence_max if length[r] <= 30] or list(sentence_max)  # long sentences do not fit a figure
-    rows = sorted(readable, key=lambda r: -sentence_max[r])[:n_sentences]
+    rows = distinct_sentences(a, sorted(readable, key=lambda r: -sentence_max[r]), n_sentences)
     fig, axes = plt.subplots(1, len(rows), figsize=(3.2 * len(rows), 4.0), squeeze=False)
     vmax = max(float(values.max()), 1e-6)
     vocab = a.token_ids
@@ -75,14 +92,14 @@ def top_activations_html(report, latents: list[int], n_sentences: int = 10) -> s
         sentence_max: dict[int, float] = {}
         for row, v in zip(a.rows, values, strict=True):
             sentence_max[row] = max(sentence_max.get(row, 0.0), float(v))
-        best = sorted(sentence_max, key=lambda r: -sentence_max[r])[:n_sentences]
+        best = distinct_sentences(a, sorted(sentence_max, key=lambda r: -sentence_max[r]), n_sentences)
         label = ", ".join(tracked.get(j, [])) or MISSING
-        parts.append(f"<h2>latent {j} <small>(best latent of: {html.escape(label)}; max {vmax:.3g})</small></h2>")
+        parts.append(f"<h2>latent {j} <small>(best latent of: {html.escape(label)}; max {number(vmax, 3, 'g')})</small></h2>")
         for row in best:
             idx = np.flatnonzero(a.rows == row)
             idx = idx[np.argsort(a.positions[idx])]
             spans = "".join(
-                f"<span class='t' style='background:rgba(220,60,20,{values[i] / vmax:.2f})' title='{values[i]:.3g}'>"
+                f"<span class='t' style='background:rgba(220,60,20,{values[i] / vmax:.2f})' title='{number(float(values[i]), 3, 'g')}'>"
                 f"{html.escape(report.token_names[a.token_ids[i]])}</span>"
                 for i in idx
             )

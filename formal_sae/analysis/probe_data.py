@@ -1,5 +1,5 @@
 """What linear probes are fitted on: sentence-token activations at several hooks from one forward
-pass per batch (:class:`ProbeData`), and the targets made from the tokens' features (:class:`ProbeTarget`)."""
+pass per batch (`ProbeData`), and the targets made from the tokens' features (`ProbeTarget`)."""
 
 from __future__ import annotations
 
@@ -87,7 +87,7 @@ def collect_probe_data(
     """Activations at all ``hooks`` (one forward pass per batch) aligned with the token features.
 
     Takes the first ``max_sentences`` rows (an i.i.d. prefix), run in length-sorted batches; keeps
-    only sentence tokens (no prompt, ``<eos>`` or padding), as :mod:`formal_sae.activations` does.
+    only sentence tokens (no prompt, ``<eos>`` or padding), as `formal_sae.activations` does.
     """
     _check_hooks(model, hooks)
     check_split(split, max_sentences, "probe")

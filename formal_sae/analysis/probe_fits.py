@@ -1,6 +1,6 @@
 """Fitting and scoring linear probes: ridge regression (ordinal targets, held-out R²) and
 L2-penalised logistic regression (binary targets, held-out accuracy and F1), deterministic;
-:func:`score_probes` fits one per (target, hook), sharing fits between identical targets and hooks."""
+`score_probes` fits one per (target, hook), sharing fits between identical targets and hooks."""
 
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 
 A latent can only track a feature as well as the best linear read-out of the activations it is
 computed from, so every SAE score deserves this ceiling next to it. For each target (as in
-:func:`~formal_sae.analysis.report.targets_of`: ordinal and binary features, and each category of a
+[`targets_of`][formal_sae.targets_of]: ordinal and binary features, and each category of a
 categorical one as ``name=category``) and each hook, a probe is fitted on ``fit_split`` sentences
 and scored on ``test_split`` sentences (held-out sentences, never the same tokens):
 
@@ -201,14 +201,15 @@ def probe_features(
     ridge: float = 1e-3,
     seed: int = 0,
 ) -> ProbeReport:
-    """Held-out linear-probe scores of every target at every hook (default :func:`default_probe_hooks`).
+    """Held-out linear-probe scores of every target at every hook (default [`default_probe_hooks`][formal_sae.default_probe_hooks]).
 
     Args:
         model: A formal-sae model.
         dataset: Its dataset.
         hooks: Hook points to probe.
         features: Feature names, or single categories as ``name=category`` (default: all).
-        fit_split, test_split: Probes are fitted on the first and scored on the second.
+        fit_split: The split probes are fitted on.
+        test_split: The split probes are scored on.
         max_sentences: Sentences taken from each split (bounds time and memory).
         ridge: L2 penalty on standardised inputs (ridge regression and logistic regression).
         seed: Seeds torch while fitting; the fits are deterministic (closed form, LBFGS from a

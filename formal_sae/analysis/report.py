@@ -44,7 +44,7 @@ from formal_sae.plotting import MISSING, number
 from formal_sae.records import Record
 from formal_sae.saes.evaluation import check_sae_fits, check_sae_model
 
-#: Files :meth:`AnalysisReport.save` writes (and a depth heatmap, :func:`depth_png`, for grammars with depth).
+#: Files [`AnalysisReport.save`][formal_sae.analysis.report.AnalysisReport.save] writes (and a depth heatmap, `depth_png`, for grammars with depth).
 REPORT_JSON, REPORT_MD = "report.json", "report.md"
 CORRELATIONS_PNG, TOP_ACTIVATIONS_HTML = "correlations.png", "top_activations.html"
 
@@ -211,7 +211,7 @@ class AnalysisSummary(Record):
 
 @dataclass
 class AnalysisReport:
-    """Result of :func:`analyze`: per-target scores, global scores and what is needed for figures."""
+    """Result of [`analyze`][formal_sae.analyze]: per-target scores, global scores and what is needed for figures."""
 
     targets: dict[str, TargetScores]
     summary: AnalysisSummary
@@ -269,7 +269,7 @@ class AnalysisReport:
 
     def save(self, out_dir: str | os.PathLike, sentences: int = 10, overwrite: bool = False) -> Path:
         """Write ``report.json``, ``report.md`` and the figures into ``out_dir`` as one artifact (an
-        existing ``out_dir`` is refused unless ``overwrite``; see :mod:`formal_sae.outputs`)."""
+        existing ``out_dir`` is refused unless ``overwrite``; see `formal_sae.outputs`)."""
         with output_dir(out_dir, "analysis", overwrite=overwrite) as out:
             self._write(out, sentences)
         return Path(out_dir)
@@ -289,7 +289,7 @@ class AnalysisReport:
 
 
 def depth_png(latent: int) -> str:
-    """Name of the depth heatmap of ``latent`` that :meth:`AnalysisReport.save` writes."""
+    """Name of the depth heatmap of ``latent`` that [`AnalysisReport.save`][formal_sae.analysis.report.AnalysisReport.save] writes."""
     return f"depth_latent{latent}.png"
 
 
@@ -315,10 +315,10 @@ def analyze(
         selection_split: Split used to choose best latents and detector thresholds.
         features: Feature names to analyse (default: all).
         pairs: ``(parent, child)`` feature expressions for absorption gaps, e.g.
-            ``("pos=conj", "pos=conj&in_subject=0")``; defaults to :data:`DEFAULT_PAIRS` that apply.
+            ``("pos=conj", "pos=conj&in_subject=0")``; defaults to `DEFAULT_PAIRS` that apply.
         max_sentences: Sentences per split (bounds time and memory).
         allow_other_model: Analyse an SAE trained on another model (refused by default: its
-            latents mean nothing there; see :func:`~formal_sae.saes.check_sae_model`).
+            latents mean nothing there; see `check_sae_model`).
     """
     check_sae_fits(model, sae)
     check_sae_model(model, sae, allow_other_model)

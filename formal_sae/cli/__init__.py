@@ -1,9 +1,9 @@
-"""The ``formal-sae`` command line, generated from dataclasses (:mod:`formal_sae.cli.commands`).
+"""The ``formal-sae`` command line, generated from dataclasses (`formal_sae.cli.commands`).
 
 Each command is a dataclass whose fields are its flags; it nests the API's configuration
 dataclasses, so a flag is a configuration field's name with dashes (``--hook-name``,
 ``--l1-coefficient``), with the field's docstring as help and its default. It only calls the
-public API of :mod:`formal_sae`.
+public API of `formal_sae`.
 """
 
 from __future__ import annotations

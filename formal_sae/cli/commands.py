@@ -1,7 +1,7 @@
 """The commands of ``formal-sae``: one dataclass each, whose fields are its flags.
 
 A command's own fields are its paths and switches; the settings of the run are the API's own
-configuration dataclasses, nested (``TrainSAECommand.sae`` is a :class:`formal_sae.SAETrainConfig`),
+configuration dataclasses, nested (``TrainSAECommand.sae`` is a [`formal_sae.SAETrainConfig`][formal_sae.SAETrainConfig]),
 so that each setting is declared, documented and defaulted once: a flag is its field's name with
 dashes, its help the docstring below the field. Defaults of the other options are those of the
 API function they are passed to (read from its signature). Each command's ``run`` calls the public
@@ -21,7 +21,8 @@ from typing import Any, ClassVar
 from simple_parsing import field
 
 import formal_sae
-import formal_sae.reproduce as study  # the whole study: a pipeline on top of the public API
+import formal_sae.reproduce as study
+import formal_sae.tracking  # the whole study: a pipeline on top of the public API
 from formal_sae.cli.parsing import prefixed
 
 
@@ -33,6 +34,21 @@ def api_default(function: Any, name: str) -> Any:
 OVERWRITE = "replace an existing output directory (only one formal-sae wrote: see 'Where your files go' in the docs)"
 ALLOW_OTHER_MODEL = "apply the SAE even though its metadata names another model than --model (a deliberate transfer)"
 DEVICE = api_default(formal_sae.load_model, "device")
+BACKENDS = ("local", "ray")
+BACKEND = "where SAE sweep cells run: local (this machine) or ray (a Ray cluster, see --ray-address; pip install formal-sae[ray])"
+
+
+def sweep_backend(backend: str, ray: formal_sae.RayBackend | None) -> str | formal_sae.RayBackend:
+    """``sweep``'s backend from ``--backend`` and the ``--ray-*`` flags."""
+    if backend != "ray" and ray is not None:
+        raise formal_sae.SAEError("the --ray-* flags set the Ray backend: add --backend ray")
+    return (ray or formal_sae.RayBackend()) if backend == "ray" else backend
+
+
+WANDB = (
+    "log to this Weights & Biases project (W&B's WANDB_MODE=offline, WANDB_DIR, WANDB_ENTITY apply); "
+    "not part of the run's settings: a rerun or resume with or without it is the same run"
+)
 
 
 class Command:
@@ -125,6 +141,7 @@ class TrainModelCommand(Command):
     resume: bool = False
     """require an interrupted run to continue (a rerun with the same settings resumes anyway)"""
     overwrite: bool = field(default=False, help=OVERWRITE)
+    wandb: str | None = field(default=None, metavar="PROJECT", help=WANDB)
     train: formal_sae.TrainConfig = field(default_factory=formal_sae.TrainConfig)
     """optimisation settings (formal_sae.TrainConfig); the model is initialised with the same seed"""
 
@@ -132,7 +149,13 @@ class TrainModelCommand(Command):
         dataset = formal_sae.load_dataset_dir(self.data)
         config = formal_sae.ModelConfig.from_preset(self.preset, seed=self.train.seed)
         model = formal_sae.train_model(
-            dataset, config, self.train, out_dir=self.out, resume=self.resume, overwrite=self.overwrite
+            dataset,
+            config,
+            self.train,
+            out_dir=self.out,
+            resume=self.resume,
+            overwrite=self.overwrite,
+            wandb_project=self.wandb,
         )
         m = model.formal_sae_metrics
         print(
@@ -152,22 +175,23 @@ class TrainSAECommand(Command):
     data: Path
     """the model's dataset directory"""
     out: Path
-    """SAE directory (SAELens format + metrics.json)"""
+    """SAE directory (SAELens format + metrics.json + latent_density.png)"""
     n_samples: int = api_default(formal_sae.evaluate_sae, "n_samples")
     """validity: samples per repeat"""
     repeats: int = api_default(formal_sae.evaluate_sae, "repeats")
     """validity: repeats"""
     allow_other_model: bool = field(default=False, help=ALLOW_OTHER_MODEL)
     overwrite: bool = field(default=False, help=OVERWRITE)
+    wandb: str | None = field(default=None, metavar="PROJECT", help=WANDB)
     sae: formal_sae.SAETrainConfig = field(default_factory=formal_sae.SAETrainConfig)
     """the SAE and its training (formal_sae.SAETrainConfig)"""
     causal: formal_sae.CausalConfig | None = prefixed(formal_sae.CausalConfig, "causal")
-    """the causal term (PAPER.md §8), on when any --causal-* flag is given"""
+    """the causal term (docs: The paper, the causal loss), on when any --causal-* flag is given"""
 
     @classmethod
     def epilog(cls) -> str:
         return (
-            f"architectures: {', '.join(formal_sae.sae_architectures())}. The causal term (PAPER.md §8) is on "
+            f"architectures: {', '.join(formal_sae.sae_architectures())}. The causal term (docs: The paper, the causal loss) is on "
             "when any --causal-* flag is given (e.g. --causal-coefficient 10)."
         )
 
@@ -181,20 +205,26 @@ class TrainSAECommand(Command):
         run = {"sae": config.to_dict() | {"device": None}, "causal": causal and causal.to_dict(), "evaluation": evaluation}
         # The SAE and its metrics.json form one artifact: an interrupted run resumes from its last
         # training checkpoint, and nothing appears at --out before the metrics are written.
-        with formal_sae.output_dir(self.out, "sae", run, overwrite=self.overwrite, resumable=True) as work:
+        # One W&B run for training (SAELens's logger) and the test metrics (its summary).
+        wandb_run = formal_sae.tracking.wandb_run(self.wandb, name=self.out.name, config=run, job_type="train-sae")
+        with (
+            formal_sae.output_dir(self.out, "sae", run, overwrite=self.overwrite, resumable=True) as work,
+            wandb_run as wb,
+        ):
             if causal is not None:
                 sae = formal_sae.train_causal_sae(model, dataset, config, causal, out_dir=work)
             else:
-                sae = formal_sae.train_sae(model, dataset, config, out_dir=work)
+                sae = formal_sae.train_sae(model, dataset, config, out_dir=work, wandb_project=self.wandb)
             kwargs = {"split": "test", "allow_other_model": self.allow_other_model}
-            metrics = dict(
-                formal_sae.evaluate_sae(
-                    model, sae, dataset, splice=config.splice, n_samples=self.n_samples, repeats=self.repeats, **kwargs
-                )
+            evaluated = formal_sae.evaluate_sae(
+                model, sae, dataset, splice=config.splice, n_samples=self.n_samples, repeats=self.repeats, **kwargs
             )
+            formal_sae.saes.evaluation.write_latent_density(evaluated, Path(work) / formal_sae.saes.evaluation.DENSITY_PNG)
+            metrics = dict(evaluated)
             metrics["causal_loss"] = formal_sae.held_out_causal_loss(model, sae, dataset, distance=distance, **kwargs)
             metrics["train_seconds"] = formal_sae.train_seconds(sae)
             formal_sae.write_json(Path(work) / "metrics.json", metrics)
+            formal_sae.tracking.log_summary(wb, {f"test/{k}": v for k, v in metrics.items()})
         print(
             f"wrote {self.out}: {metrics['architecture']} d_sae {metrics['d_sae']} at {metrics['hook_name']}: "
             f"explained variance {metrics['explained_variance']:.3f}, L0 {metrics['l0']:.1f}, "
@@ -225,17 +255,30 @@ class SweepCommand(Command):
     device: str = DEVICE
     """cpu, cuda, cuda:N or mps"""
     overwrite: bool = field(default=False, help=OVERWRITE)
+    wandb: str | None = field(default=None, metavar="PROJECT", help=WANDB + " (one W&B run per sweep: the results table)")
     evaluation: formal_sae.SweepEvaluation = field(default_factory=formal_sae.SweepEvaluation)
     """how each cell is evaluated (formal_sae.SweepEvaluation)"""
+    backend: str = field(default=api_default(formal_sae.sweep, "backend"), choices=BACKENDS, help=BACKEND)
+    ray: formal_sae.RayBackend | None = prefixed(formal_sae.RayBackend, "ray")
+    """the Ray cluster and what each cell asks of it (formal_sae.RayBackend), with --backend ray"""
 
     def run(self) -> None:
+        backend = sweep_backend(self.backend, self.ray)
         model = formal_sae.load_model(self.model, device=self.device)
         dataset = formal_sae.load_dataset_dir(self.data)
         scale = self.scale or ("small" if self.grid == "paper" else None)  # --scale is the paper grid's alone
         grid = formal_sae.load_grid(self.grid, scale=scale, d_in=model.cfg.d_model)  # sized for the residual stream
         rows = formal_sae.sweep(
-            model, dataset, grid, self.out, evaluation=self.evaluation, workers=self.workers, overwrite=self.overwrite
+            model,
+            dataset,
+            grid,
+            self.out,
+            evaluation=self.evaluation,
+            workers=self.workers,
+            overwrite=self.overwrite,
+            backend=backend,
         )
+        formal_sae.saes.sweep.results.log_sweep(rows, self.out, self.wandb)  # nothing without --wandb
         valid = [r["validity"] for r in rows if r.get("validity") is not None]
         span = f"validity {min(valid):.3f}-{max(valid):.3f}" if valid else "validity not measured"
         print(f"wrote {self.out}: {len(rows)} SAEs of grid {grid.name!r}; {span}; see results.md")
@@ -422,13 +465,63 @@ class ReproduceCommand(Command):
     device: str = api_default(study.reproduce, "device")
     """cpu, cuda, cuda:N or mps"""
     overwrite: bool = field(default=False, help=OVERWRITE)
+    backend: str = field(default=api_default(study.reproduce, "backend"), choices=BACKENDS, help=BACKEND)
+    ray: formal_sae.RayBackend | None = prefixed(formal_sae.RayBackend, "ray")
+    """the Ray cluster the sweeps run on (formal_sae.RayBackend), with --backend ray"""
 
     def run(self) -> None:
-        claims = study.reproduce(self.out, self.grammar, self.scale, seed=self.seed, device=self.device, overwrite=self.overwrite)
+        backend = sweep_backend(self.backend, self.ray)
+        claims = study.reproduce(
+            self.out, self.grammar, self.scale, seed=self.seed, device=self.device, overwrite=self.overwrite, backend=backend
+        )
         print(f"wrote {self.out}/report.md and {self.out}/claims.json")
         for name, claim in claims.items():
             per_language = ", ".join(f"{g} {v.verdict}" for g, v in claim.languages.items())
             print(f"  {name}: {claim.overall.verdict} ({per_language})")
+
+
+# ---------------------------------------------------------------------------- sharing
+@dataclass(kw_only=True)
+class PushCommand(Command):
+    """upload a model or SAE directory, with a generated model card, to the Hugging Face Hub"""
+
+    name: ClassVar[str] = "push"
+    directory: Path = field(positional=True, metavar="MODEL_OR_SAE_DIR")
+    """a model directory (`formal-sae train-model --out`) or an SAE directory (`formal-sae train-sae --out`)"""
+    repo_id: str = field(positional=True, metavar="REPO_ID")
+    """the Hub model repo, user/name or org/name (created if missing)"""
+    private: bool = False
+    """create the repo private"""
+    revision: str | None = None
+    """branch to push to, created if missing (default: main)"""
+    sae_id: str | None = None
+    """an SAE: its folder in the repo (default: its hook name, SAELens's convention)"""
+    model_repo_id: str | None = None
+    """an SAE: the Hub repo of the model it was trained on (the card's base_model)"""
+
+    @classmethod
+    def epilog(cls) -> str:
+        return (
+            "Log in first (`hf auth login`) or set HF_TOKEN. Load back with formal_sae.load_model(REPO_ID), "
+            "formal_sae.load_sae('REPO_ID/SAE_ID') or sae_lens.SAE.from_pretrained(REPO_ID, SAE_ID); "
+            "--model and --sae of the other commands take these too."
+        )
+
+    def run(self) -> None:
+        options = {"private": self.private, "revision": self.revision}
+        if (self.directory / "cfg.json").is_file():  # SAELens's config: an SAE
+            url = formal_sae.push_sae_to_hub(
+                self.directory, self.repo_id, sae_id=self.sae_id, model_repo_id=self.model_repo_id, **options
+            )
+            where = f"{self.repo_id}/{self.sae_id or '<its hook name>'}"
+            print(f"pushed SAE {self.directory} to {url}; load it with formal_sae.load_sae({where!r})")
+            return
+        if self.sae_id is not None or self.model_repo_id is not None:
+            raise formal_sae.FormalSAEError(
+                f"{self.directory} is not an SAE directory: --sae-id and --model-repo-id are for SAEs"
+            )
+        url = formal_sae.push_model_to_hub(self.directory, self.repo_id, **options)
+        print(f"pushed model {self.directory} to {url}; load it with formal_sae.load_model({self.repo_id!r})")
 
 
 COMMANDS: tuple[type[Command], ...] = (
@@ -441,4 +534,5 @@ COMMANDS: tuple[type[Command], ...] = (
     SweepCommand,
     CompareSAEsCommand,
     ReproduceCommand,
+    PushCommand,
 )

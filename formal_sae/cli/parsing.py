@@ -7,7 +7,7 @@ written below the field, its default the dataclass's. Conventions added here:
 * no abbreviated flags (``--hook`` is not ``--hook-name``), so that a flag given is a flag named;
 * a boolean is ``--flag`` / ``--no-flag`` (argparse's own action);
 * a dict field takes JSON (``--extra '{"l1_warm_up_steps": 10}'``);
-* a nested configuration declared with :func:`prefixed` gets flags ``--PREFIX-FIELD`` and is
+* a nested configuration declared with `prefixed` gets flags ``--PREFIX-FIELD`` and is
   None unless one of them is given (the causal term of ``train-sae``: ``--causal-coefficient``).
 """
 

@@ -5,15 +5,15 @@ A dataset is a ``datasets.DatasetDict`` with splits ``train``/``validation``/``t
 * ``input_ids``: the prompt (``<bos>``, or the paper's 7-token prefix), the sentence, ``<eos>``;
 * ``text``: the sentence as space-separated tokens; ``length``: its number of tokens;
 * one column per ground-truth feature, aligned with ``input_ids``: the feature of the token at
-  that position, and :data:`~formal_sae.IGNORE_VALUE` (-100) at the prompt and ``<eos>``.
+  that position, and `IGNORE_VALUE` (-100) at the prompt and ``<eos>``.
 
 Everything needed to interpret the columns (grammar text, feature declarations, prompt, seed)
 is stored as JSON in each split's ``info.description`` and in the dataset card (``README.md``).
 
-One idea per module: :mod:`~formal_sae.data.tokenizer` (ids and tokens),
-:mod:`~formal_sae.data.metadata` (what a dataset was built from), :mod:`~formal_sae.data.building`
-(sampling rows), :mod:`~formal_sae.data.saving` and :mod:`~formal_sae.data.loading` (dataset
-directories), :mod:`~formal_sae.data.card` (the card and the Hub upload).
+One idea per module: `tokenizer` (ids and tokens),
+`metadata` (what a dataset was built from), `building`
+(sampling rows), `saving` and `loading` (dataset
+directories), `card` (the card and the Hub upload).
 """
 
 from formal_sae.data.building import SPLITS, build_dataset, column

@@ -93,7 +93,7 @@ def build_dataset(
     """Sample a dataset of sentences with token ids and per-token feature columns.
 
     Args:
-        grammar: A :class:`~formal_sae.Grammar` or a registry name.
+        grammar: A [`Grammar`][formal_sae.Grammar] or a registry name.
         n_train: Sentences in the train split. Each split has its own random stream, derived
             from ``seed``; sentences may repeat within and across splits, as in the language.
         n_validation: Sentences in the validation split.
@@ -104,7 +104,7 @@ def build_dataset(
             never all held in memory); a temporary directory by default.
 
     Returns:
-        A ``DatasetDict`` whose ``info.description`` holds :class:`DatasetMetadata` as JSON.
+        A ``DatasetDict`` whose ``info.description`` holds [`DatasetMetadata`][formal_sae.DatasetMetadata] as JSON.
     """
     grammar = load_grammar(grammar) if isinstance(grammar, str) else grammar
     counts = {"train": n_train, "validation": n_validation, "test": n_test}

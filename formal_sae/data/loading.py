@@ -21,7 +21,7 @@ def load_dataset_dir(directory: str | os.PathLike) -> datasets.DatasetDict:
     """Open a dataset directory written by formal-sae, with clear errors if it is missing or broken.
 
     Every file is checked before use: a missing or corrupt ``dataset_dict.json``, ``state.json``,
-    ``dataset_info.json`` or Arrow file raises a :class:`~formal_sae.DatasetError` naming it (a
+    ``dataset_info.json`` or Arrow file raises a [`DatasetError`][formal_sae.DatasetError] naming it (a
     damaged Arrow file can otherwise crash the process when its rows are read), and so do rows that
     do not fit the metadata: row counts, columns, prompt, ``<eos>``, token ids and feature values
     (vectorised: about 0.1 s per million tokens).

@@ -1,4 +1,4 @@
-"""What a dataset was built from: :class:`DatasetMetadata`, stored as JSON in each split's
+"""What a dataset was built from: [`DatasetMetadata`][formal_sae.DatasetMetadata], stored as JSON in each split's
 ``info.description`` and in the dataset card, and the grammar it names."""
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ class DatasetMetadata:
     @property
     def feature_specs(self) -> list[FeatureSpec]:
         """The stored declarations, with what the grammar uses each feature for
-        (:attr:`~formal_sae.FeatureSpec.uses`: knowledge of the language, not stored)."""
+        (`uses`: knowledge of the language, not stored)."""
         declared = {s.name: s for s in grammar_of(self).feature_specs}
         specs = [FeatureSpec.from_dict(d) for d in self.features]
         return [dataclasses.replace(s, uses=declared[s.name].uses) if s.name in declared else s for s in specs]
@@ -50,7 +50,7 @@ class DatasetMetadata:
 
 
 def dataset_metadata(dataset: datasets.DatasetDict | datasets.Dataset) -> DatasetMetadata:
-    """The :class:`DatasetMetadata` of a dataset built by formal-sae."""
+    """The [`DatasetMetadata`][formal_sae.DatasetMetadata] of a dataset built by formal-sae."""
     split = next(iter(dataset.values())) if isinstance(dataset, datasets.DatasetDict) else dataset
     try:
         return DatasetMetadata.from_json(split.info.description or "")

@@ -24,8 +24,8 @@ SCRATCH_DIR = "scratch"  # Arrow files of a dataset being generated, inside its 
 def save_dataset(dataset: datasets.DatasetDict, out: str | os.PathLike, overwrite: bool = False) -> Path:
     """Write a dataset, its tokenizer (``tokenizer/``) and its card (``README.md``) atomically.
 
-    ``datasets.load_from_disk(out)`` opens the result; :func:`load_dataset_dir` also checks it.
-    An existing ``out`` is refused unless ``overwrite`` (see :mod:`formal_sae.outputs`).
+    ``datasets.load_from_disk(out)`` opens the result; [`load_dataset_dir`][formal_sae.load_dataset_dir] also checks it.
+    An existing ``out`` is refused unless ``overwrite`` (see `formal_sae.outputs`).
     """
     metadata = dataset_metadata(dataset)
     with output_dir(out, "dataset", _dataset_config(metadata), overwrite=overwrite) as work:
@@ -61,7 +61,7 @@ def generate_dataset(
     prompt_format: PromptFormat = "bos",
     overwrite: bool = False,
 ) -> datasets.DatasetDict:
-    """:func:`build_dataset` then :func:`save_dataset`, streaming through Arrow files on disk
+    """[`build_dataset`][formal_sae.build_dataset] then [`save_dataset`][formal_sae.save_dataset], streaming through Arrow files on disk
     (suitable for millions of sentences). Returns the saved dataset, loaded from ``out``.
 
     The scratch Arrow files live in ``out``'s in-progress folder: a killed run leaves nothing

@@ -29,7 +29,7 @@ TOKENIZER_DIR = "tokenizer"
 
 
 def grammar_vocab(grammar: Grammar) -> dict[str, int]:
-    """Token -> id for ``grammar``: its terminals in order, then :data:`SPECIAL_TOKENS`."""
+    """Token -> id for ``grammar``: its terminals in order, then `SPECIAL_TOKENS`."""
     return {tok: i for i, tok in enumerate((*grammar.terminals, *SPECIAL_TOKENS))}
 
 
@@ -84,7 +84,7 @@ def _scratch() -> Path:
 
 
 def load_tokenizer(directory: str | os.PathLike) -> PreTrainedTokenizerBase:
-    """Load a tokenizer saved by :func:`build_tokenizer` (plain ``AutoTokenizer.from_pretrained``)."""
+    """Load a tokenizer saved by [`build_tokenizer`][formal_sae.build_tokenizer] (plain ``AutoTokenizer.from_pretrained``)."""
     directory = Path(directory)
     if not (directory / "tokenizer.json").is_file():
         raise DatasetError(f"no tokenizer in {directory} (tokenizer.json is missing); regenerate the dataset or model")

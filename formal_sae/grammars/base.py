@@ -1,4 +1,4 @@
-"""The :class:`Grammar`: an ``nltk.PCFG`` with validation, fast sampling, exact parsing and features."""
+"""The [`Grammar`][formal_sae.Grammar]: an ``nltk.PCFG`` with validation, fast sampling, exact parsing and features."""
 
 from __future__ import annotations
 
@@ -49,8 +49,8 @@ class LanguageFeature:
 class Grammar:
     """A probabilistic context-free grammar with everything formal-sae needs from it.
 
-    Build one with :func:`formal_sae.load_grammar` (the paper's grammars) or
-    :meth:`Grammar.from_string` (your own). The underlying ``nltk.PCFG`` is ``grammar.pcfg``.
+    Build one with [`formal_sae.load_grammar`][formal_sae.load_grammar] (the paper's grammars) or
+    [`Grammar.from_string`][formal_sae.grammars.base.Grammar.from_string] (your own). The underlying ``nltk.PCFG`` is ``grammar.pcfg``.
 
     Args:
         pcfg: The grammar. Productions must not be empty (NLTK's Viterbi parser cannot parse them).
@@ -105,7 +105,7 @@ class Grammar:
         """Build a grammar from PCFG text in NLTK syntax (``A -> B C [0.5] | 'x' [0.5]``).
 
         The start symbol is the left-hand side of the first production. Raises
-        :class:`~formal_sae.errors.GrammarError` naming the line for malformed text, the
+        [`GrammarError`][formal_sae.GrammarError] naming the line for malformed text, the
         nonterminal whose probabilities do not sum to 1, undefined or useless nonterminals, empty
         productions, and grammars whose expected sentence length is infinite. Messages are one line
         (they quote the offending text, whose line breaks are folded).
@@ -117,7 +117,7 @@ class Grammar:
 
     @classmethod
     def from_file(cls, path: str | os.PathLike, name: str | None = None, max_length: int | None = PAPER_MAX_LENGTH) -> Grammar:
-        """Build a grammar from a PCFG text file (see :meth:`from_string`), named after the file
+        """Build a grammar from a PCFG text file (see [`from_string`][formal_sae.grammars.base.Grammar.from_string]), named after the file
         unless ``name`` is given. Every error names the file."""
         path = Path(path)
         if not path.is_file():
@@ -132,7 +132,7 @@ class Grammar:
             raise GrammarError(f"grammar file {path}: {e} (edit the file and run again)") from None
 
     def to_string(self) -> str:
-        """The grammar as PCFG text that :meth:`from_string` reads back to the same grammar."""
+        """The grammar as PCFG text that [`from_string`][formal_sae.grammars.base.Grammar.from_string] reads back to the same grammar."""
         lines = []
         for lhs in self.nonterminals:
             alts = " | ".join(
@@ -160,7 +160,7 @@ class Grammar:
 
     # ------------------------------------------------------------------ sampling
     def iter_samples(self, n: int, seed: Seed = 0) -> Iterator[list[str]]:
-        """Yield ``n`` sentences lazily (see :meth:`sample`); ``seed`` may also be a numpy
+        """Yield ``n`` sentences lazily (see [`sample`][formal_sae.grammars.base.Grammar.sample]); ``seed`` may also be a numpy
         ``SeedSequence`` or ``Generator``."""
         _check_count(n, "n")
         return self._sampler.iter_samples(n, seed, self.max_length)
@@ -202,15 +202,15 @@ class Grammar:
     # ------------------------------------------------------------------ features
     @cached_property
     def feature_specs(self) -> tuple[FeatureSpec, ...]:
-        """Declarations of every feature :meth:`features` returns, in column order."""
+        """Declarations of every feature [`features`][formal_sae.grammars.base.Grammar.features] returns, in column order."""
         return tuple([f.spec for f in self._language_features] + generic_feature_specs(self.nonterminals))
 
     def features(self, tokens: Sentence, tree: Tree | None = None) -> dict[str, list[int]]:
         """Ground-truth features of a grammatical sentence: feature name -> one integer per token.
 
         ``tokens`` is a list, a tuple or a whitespace-separated string. Categorical values index
-        ``spec.categories``; see :attr:`feature_specs`. Pass ``tree`` to reuse a parse you
-        already have. Raises :class:`GrammarError` if ``tokens`` is not grammatical (features
+        ``spec.categories``; see [`feature_specs`][formal_sae.grammars.base.Grammar.feature_specs]. Pass ``tree`` to reuse a parse you
+        already have. Raises [`GrammarError`][formal_sae.GrammarError] if ``tokens`` is not grammatical (features
         are defined by its parse).
         """
         tokens = _sentence_tokens(tokens)

@@ -56,7 +56,7 @@ def _expected_closer(tokens: Sequence[str]) -> list[int]:
 
 
 def dyck_recognizer(n_types: int) -> Recognizer:
-    """Exact linear-time membership test for the grammar of :func:`dyck_text`: a non-empty
+    """Exact linear-time membership test for the grammar of `dyck_text`: a non-empty
     string of known brackets in which every closer matches the innermost open bracket."""
     opener = {f"c{i}": f"o{i}" for i in range(n_types)}
     openers = set(opener.values())

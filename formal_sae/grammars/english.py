@@ -151,7 +151,7 @@ def english_grammar(
     max_length: int | None = PAPER_MAX_LENGTH,
     adjective_np: bool = True,
 ) -> Grammar:
-    """An English variant from flags (see :func:`english_text`)."""
+    """An English variant from flags (see `english_text`)."""
     text = english_text(transitive, relative_clauses, n_prepositions, p_conj, n_tokens, adjective_np)
     flags = [
         f
@@ -173,7 +173,7 @@ def english_grammar(
 
 
 def english_june2024_grammar(name: str = "english", max_length: int | None = PAPER_MAX_LENGTH) -> Grammar:
-    """The paper's main English grammar (see :func:`english_june2024_text`)."""
+    """The paper's main English grammar (see `english_june2024_text`)."""
     text = english_june2024_text()
     return Grammar.from_string(
         text,

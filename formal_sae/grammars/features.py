@@ -1,6 +1,6 @@
 """Ground-truth features: their declarations and the ones every grammar has (from the parse tree).
 
-A feature assigns one integer to every token of a sentence. Its :class:`FeatureSpec` says what
+A feature assigns one integer to every token of a sentence. Its [`FeatureSpec`][formal_sae.FeatureSpec] says what
 the integer means: ``binary`` (0/1), ``categorical`` (an index into ``categories``) or
 ``ordinal`` (a count or depth, compared by size).
 """
@@ -23,7 +23,7 @@ IGNORE_VALUE = -100
 #: Category used by ``parent`` for the root nonterminal, which has no parent.
 NO_PARENT = "<root>"
 
-#: What the analysis and the interventions use a feature for (:attr:`FeatureSpec.uses`), declared
+#: What the analysis and the interventions use a feature for (`FeatureSpec.uses`), declared
 #: with the feature by its language. *Nesting*: how deeply the token is nested; the analysis draws
 #: its best latent against it. *Progress*: how far the sentence is from complete; next-token effects
 #: are grouped by it (e.g. P(<eos>) by pending-operand count).
@@ -39,7 +39,7 @@ class FeatureSpec:
         kind: ``"binary"``, ``"categorical"`` or ``"ordinal"``.
         description: One line saying what the value means.
         categories: For categorical features, the name of each integer value.
-        uses: What the analysis and the interventions use it for (:data:`NESTING`, :data:`PROGRESS`):
+        uses: What the analysis and the interventions use it for (`NESTING`, `PROGRESS`):
             knowledge of the language, read from the grammar, not stored with datasets.
     """
 
@@ -107,7 +107,7 @@ def generic_feature_specs(nonterminals: Sequence[str]) -> list[FeatureSpec]:
 
 
 def generic_features(tree: Tree, specs: Sequence[FeatureSpec]) -> dict[str, list[int]]:
-    """Compute the generic features (see :func:`generic_feature_specs`) from a parse tree."""
+    """Compute the generic features (see `generic_feature_specs`) from a parse tree."""
     spec = {s.name: s for s in specs}
     pre_index = {c: i for i, c in enumerate(spec["preterminal"].categories)}
     parent_index = {c: i for i, c in enumerate(spec["parent"].categories)}
@@ -127,8 +127,8 @@ LEXICAL, STRUCTURAL = "lexical", "structural"
 
 
 def feature_role(token_ids: Sequence[int], values: Sequence[int]) -> str:
-    """:data:`LEXICAL` if ``values`` is a function of ``token_ids`` on these tokens (every token id
-    always has the same value), else :data:`STRUCTURAL`. Tokens valued :data:`IGNORE_VALUE` are
+    """`LEXICAL` if ``values`` is a function of ``token_ids`` on these tokens (every token id
+    always has the same value), else `STRUCTURAL`. Tokens valued `IGNORE_VALUE` are
     left out. Decided from data so that it holds for any grammar, including a user's."""
     seen: dict[int, int] = {}
     for token, value in zip(token_ids, values, strict=True):

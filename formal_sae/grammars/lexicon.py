@@ -1,4 +1,4 @@
-"""The paper's lexical probabilities (PAPER.md Appendix A: seed 42, Dirichlet alpha = 1e5).
+"""The paper's lexical probabilities ([The paper: lexical probabilities][paper-lexical-probabilities]: seed 42, Dirichlet alpha = 1e5).
 
 The authors drew these once from a near-uniform Dirichlet; formal-sae uses the published values
 instead of re-drawing them. A category of another size than the published one is uniform.

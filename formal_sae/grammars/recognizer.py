@@ -3,11 +3,11 @@
 ``nltk.ViterbiParser`` (the paper's check) fills a chart of trees for every span and every
 production in pure Python; it is exact but slow. This module gives the same verdicts faster:
 
-* :meth:`ChartParser.recognize` is CKY over a binarised copy of the grammar, driven by the
+* `ChartParser.recognize` is CKY over a binarised copy of the grammar, driven by the
   constituents that exist (end positions kept as integer bit sets) instead of by every span and
   split point. Verdicts are memoised per *lexical signature* (the pre-terminals each token can
   be), which is exact.
-* :meth:`ChartParser.parse` runs Viterbi only over the cells that the recogniser marked, top
+* `ChartParser.parse` runs Viterbi only over the cells that the recogniser marked, top
   down from the root, so it never scores a constituent that cannot be part of a parse.
 
 Verdicts equal ``ViterbiParser``'s: a sentence is grammatical iff some derivation exists, even one
@@ -133,7 +133,7 @@ class ChartParser:
 
     def chart(self, signature: Sequence[int]) -> list[list[int]]:
         """CKY chart of symbol bit sets: ``chart[i][j]`` covers tokens ``i..j-1`` of a sentence
-        with this :meth:`lexical_signature`.
+        with this `lexical_signature`.
 
         Driven by the constituents that exist rather than by all spans: for a start ``i``, the
         cells ``(i, k)`` are completed for ``k`` ascending, and each left child ``B`` over

@@ -37,9 +37,9 @@ def list_grammars() -> list[str]:
 
 
 def load_grammar(name: str, max_length: int | None = PAPER_MAX_LENGTH) -> Grammar:
-    """A built-in grammar by name (see :func:`list_grammars`), or a PCFG text file by path.
+    """A built-in grammar by name (see [`list_grammars`][formal_sae.list_grammars]), or a PCFG text file by path.
 
-    Raises :class:`~formal_sae.errors.GrammarError` listing the valid names for an unknown name.
+    Raises [`GrammarError`][formal_sae.GrammarError] listing the valid names for an unknown name.
     """
     if name in _REGISTRY:
         return _REGISTRY[name](name, max_length)

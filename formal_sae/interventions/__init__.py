@@ -1,11 +1,11 @@
-"""Interventions on SAE latents and their causal effect on what the model does (PAPER.md §7).
+"""Interventions on SAE latents and their causal effect on what the model does ([The paper: interventions][paper-interventions]).
 
-* :mod:`~formal_sae.interventions.edits`: what to edit (:class:`Intervention`, the mode table) and the hooks that do it;
-* :mod:`~formal_sae.interventions.effects`: effects on next-token distributions, grammar classes and generations;
-* :mod:`~formal_sae.interventions.feature_effects`: claim C3's measurements for one feature (clamp gap
+* `edits`: what to edit ([`Intervention`][formal_sae.Intervention], the mode table) and the hooks that do it;
+* `effects`: effects on next-token distributions, grammar classes and generations;
+* `feature_effects`: claim C3's measurements for one feature (clamp gap
   closure, group ablation, matched null, probe control).
 
-The correlation-vs-effect report lives above both, in :mod:`formal_sae.analysis.causal_report`
+The correlation-vs-effect report lives above both, in `formal_sae.analysis.causal_report`
 (``formal_sae.CausalReport``, ``formal_sae.causal_report``): this package never imports the analysis.
 """
 

@@ -1,12 +1,12 @@
-"""Interventions on SAE latents: what to edit, and the hooks that edit it (PAPER.md §7).
+"""Interventions on SAE latents: what to edit, and the hooks that edit it ([The paper: interventions][paper-interventions]).
 
-An :class:`Intervention` edits latents at the SAE's hook (SAELens's ``hook_sae_acts_post`` on a
+An [`Intervention`][formal_sae.Intervention] edits latents at the SAE's hook (SAELens's ``hook_sae_acts_post`` on a
 ``HookedSAETransformer``), during a forward pass or during generation. With the error term
 (default) the model's activation is ``decode(edited latents) + (x - decode(latents))``: only the
 edit changes the output, never the reconstruction error, and decoding is the SAE's own (pre-bias,
 normalisations and all), unlike the authors' clamping code which skipped both.
 
-Modes (the table :data:`EDITS`): ``ablate`` (set to 0), ``clamp`` (set to ``value``; with
+Modes (the table `EDITS`): ``ablate`` (set to 0), ``clamp`` (set to ``value``; with
 ``relative=True`` the value is a fraction of the latent's observed [min, max] range), ``scale``
 (multiply by ``value``), ``keep_only`` (zero every other latent: the paper's complement ablation),
 ``steer`` (add ``value`` times the latent's unit decoder direction to the activation) and

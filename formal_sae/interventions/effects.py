@@ -3,7 +3,7 @@
 Effects are measured on the next-token distribution (KL, total variation), on *grammar classes*
 (the probability of the next token's pre-terminal category, e.g. noun / verb, a digit / an
 operator, each bracket, or ``<eos>``), and on generations. Results are typed records
-(:class:`ResultDict`) that also read as the dicts they used to be, and are written as the same JSON.
+(`ResultDict`) that also read as the dicts they used to be, and are written as the same JSON.
 """
 
 from __future__ import annotations
@@ -124,7 +124,7 @@ class GroupClassProbs(ResultDict):
 
 @dataclass(frozen=True, eq=False)
 class NextTokenEffects(ResultDict):
-    """Result of :func:`next_token_effects`."""
+    """Result of [`next_token_effects`][formal_sae.next_token_effects]."""
 
     n_positions: int
     mean_kl: float
@@ -154,8 +154,8 @@ def next_token_effects(
 
     Returns mean KL / total variation, the mean probability of every grammar class clean vs
     intervened, and the same per value of the feature ``group_by`` (default: the one the grammar
-    declares for :data:`~formal_sae.grammars.PROGRESS`, if any), e.g. P(<eos>) by pending-operand count for Expr. An SAE
-    trained on another model is refused unless ``allow_other_model`` (:func:`~formal_sae.saes.check_sae_model`).
+    declares for `PROGRESS`, if any), e.g. P(<eos>) by pending-operand count for Expr. An SAE
+    trained on another model is refused unless ``allow_other_model`` (`check_sae_model`).
     """
     check_sae_fits(model, sae)
     check_sae_model(model, sae, allow_other_model)
@@ -225,7 +225,7 @@ class ValidityTest(ResultDict):
 
 @dataclass(frozen=True, eq=False)
 class GenerationComparison(ResultDict):
-    """Result of :func:`compare_generations`."""
+    """Result of [`compare_generations`][formal_sae.compare_generations]."""
 
     validity: ValidityTest
     length: ShiftStat
@@ -333,7 +333,7 @@ def compare_generations(
 # ------------------------------------------------------------------------------ all latents at once
 @dataclass(frozen=True, eq=False)
 class LatentEffects(ResultDict):
-    """Result of :func:`single_latent_effects`: ``[d_sae]`` arrays, see there."""
+    """Result of [`single_latent_effects`][formal_sae.single_latent_effects]: ``[d_sae]`` arrays, see there."""
 
     kl_active: np.ndarray
     class_tv_active: np.ndarray
@@ -414,7 +414,7 @@ def single_latent_effects(
 def effects_loop_baseline(
     model, sae: SAE, dataset, latents: Sequence[int], split: str = "test", max_sentences: int | None = 200
 ) -> np.ndarray:
-    """``kl_active`` of :func:`single_latent_effects`, the slow way: one full forward pass of the
+    """``kl_active`` of [`single_latent_effects`][formal_sae.single_latent_effects], the slow way: one full forward pass of the
     whole split per latent, with an ablation hook. The benchmark's baseline and the tests' check."""
     hook = check_sae_fits(model, sae)
     grammar = grammar_of(dataset_metadata(dataset))

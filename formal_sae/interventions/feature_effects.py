@@ -1,9 +1,9 @@
-"""Claim C3 (PAPER.md §7): do a feature's latents move the model's outputs the way the feature predicts?
+"""Claim C3 ([The paper: interventions][paper-interventions]): do a feature's latents move the model's outputs the way the feature predicts?
 
 A feature ``f`` splits the sentence tokens into *source* tokens (``f`` low: 0 for a binary feature, at
 most its 1/3 quantile for an ordinal one) and *target* tokens (``f`` high: 1, or above its 2/3
 quantile). What the feature predicts is the clean model's mean next-token distribution over grammar
-classes at target tokens (:func:`~formal_sae.interventions.effects.token_classes`), e.g. a lower
+classes at target tokens (`token_classes`), e.g. a lower
 P(<eos>) and a higher P(closer) at a deep Dyck bracket. Measured, all with the SAE's error term (only
 the edit changes the model):
 

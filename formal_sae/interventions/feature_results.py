@@ -1,7 +1,7 @@
-"""The results of :func:`~formal_sae.interventions.feature_effects.feature_interventions`: per
+"""The results of [`feature_interventions`][formal_sae.feature_interventions]: per
 feature, how far each edit closes the gap between source and target next-token class distributions
-(:class:`GapClosure`), single-group ablations (:class:`AblationEffect`) against a matched null
-(:class:`NullDistribution`), together a :class:`FeatureInterventions`."""
+(`GapClosure`), single-group ablations (`AblationEffect`) against a matched null
+(`NullDistribution`), together a [`FeatureInterventions`][formal_sae.FeatureInterventions]."""
 
 from __future__ import annotations
 
@@ -89,7 +89,7 @@ class NullDistribution:
 
 @dataclass(frozen=True)
 class FeatureInterventions:
-    """Result of :func:`feature_interventions` for one feature and one latent or group of latents."""
+    """Result of [`feature_interventions`][formal_sae.feature_interventions] for one feature and one latent or group of latents."""
 
     feature: str
     latents: list[int]  # the group ablated

@@ -1,4 +1,4 @@
-"""Effect predictability (claim C4, PAPER.md §8): for latents matched by feature, does the natural
+"""Effect predictability (claim C4, [The paper: the causal loss][paper-causal-loss]): for latents matched by feature, does the natural
 data predict what clamping a latent does to the next-token class distribution? Results keep
 per-bin values (``to_dict``/``from_dict``, JSON) so the caller can bootstrap."""
 
@@ -28,7 +28,7 @@ MIN_SHIFT = 1e-6
 
 @dataclass
 class Predictability:
-    """How well natural data predicts the effect of clamping one latent (see :func:`effect_predictability`).
+    """How well natural data predicts the effect of clamping one latent (see [`effect_predictability`][formal_sae.effect_predictability]).
 
     Attributes:
         feature: The feature the latent was matched to.
@@ -103,10 +103,10 @@ def effect_predictability(
 
     The latent's nonzero activations on a seeded sample of ``max_sentences`` sentences are cut into
     ``n_bins`` quantile bins. For bin b, the *predicted* shift of the mean next-token class
-    distribution (:func:`~formal_sae.interventions.token_classes`) is (mean at the tokens whose
+    distribution (`token_classes`) is (mean at the tokens whose
     value falls in b) - (mean at all tokens), both from the clean model; the *observed* shift is
     (mean at all tokens with the latent clamped to b's mean value at every position, error term
-    kept, :func:`~formal_sae.interventions.run_intervened`) - (clean mean). A clamp whose RMS shift
+    kept, `run_intervened`) - (clean mean). A clamp whose RMS shift
     is below ``min_shift`` does nothing: its R² is None (never 1), with the reason.
     """
     hook = check_sae_fits(model, sae)

@@ -2,13 +2,13 @@
 judged as pre-registered tests of the paper's four claims.
 
 ``reproduce(out_dir, grammars, scale)`` runs every stage for each language
-(:mod:`~formal_sae.reproduce.stages`), measures the evidence of each claim with its controls and
-uncertainty (:mod:`~formal_sae.reproduce.evidence`), judges it
-(:mod:`~formal_sae.reproduce.claims`) and writes ``report.md`` and ``claims.json``
-(:mod:`~formal_sae.reproduce.report`). The run is built in ``<out_dir>.in-progress`` and resumes
+(`stages`), measures the evidence of each claim with its controls and
+uncertainty ([`evidence`][formal_sae.reproduce.evidence]), judges it
+([`claims`][formal_sae.reproduce.claims]) and writes ``report.md`` and ``claims.json``
+(`report`). The run is built in ``<out_dir>.in-progress`` and resumes
 from its finished stages.
 
-Scales (:mod:`~formal_sae.reproduce.scales`): ``quick`` (minutes on a laptop CPU; its verdicts
+Scales (`scales`): ``quick`` (minutes on a laptop CPU; its verdicts
 may well be mixed, and the report says why), ``small`` and ``paper``.
 """
 
@@ -18,7 +18,7 @@ import dataclasses
 import os
 from pathlib import Path
 
-from formal_sae import FormalSAEError, atomic_write_text, output_dir, to_jsonable, write_json
+from formal_sae import FormalSAEError, RayBackend, atomic_write_text, output_dir, to_jsonable, write_json
 from formal_sae.reproduce.claims import ClaimResult, judge
 from formal_sae.reproduce.evidence import C1Evidence, C2Evidence, C3Evidence, C4Evidence
 from formal_sae.reproduce.report import report_markdown
@@ -31,7 +31,7 @@ __all__ = ["GRAMMARS", "SCALES", "ClaimResult", "Scale", "judge_results", "repro
 
 
 def judge_results(results: dict[str, dict]) -> dict[str, ClaimResult]:
-    """The claims, judged from each language's evidence (as :func:`run_language` returns it)."""
+    """The claims, judged from each language's evidence (as `run_language` returns it)."""
     kinds = {"C1": C1Evidence, "C2": C2Evidence, "C3": C3Evidence, "C4": C4Evidence}
     return judge({g: {c: kinds[c].from_dict(r["evidence"][c]) for c in kinds} for g, r in results.items()})
 
@@ -43,11 +43,15 @@ def reproduce(
     seed: int = 0,
     device: str = "cpu",
     overwrite: bool = False,
+    backend: str | RayBackend = "local",
 ) -> dict[str, ClaimResult]:
     """Run the whole study and write ``report.md`` and ``claims.json`` into ``out_dir``; returns the claims.
 
     Run again with the same languages, scale and seed, an interrupted run resumes from its
-    finished stages. An existing ``out_dir`` is refused unless ``overwrite`` (:mod:`formal_sae.outputs`).
+    finished stages. An existing ``out_dir`` is refused unless ``overwrite`` (`formal_sae.outputs`).
+    ``backend`` is where the SAE sweeps' cells run ([`sweep`][formal_sae.sweep]'s
+    ``backend``: ``"local"``, ``"ray"`` or a [`RayBackend`][formal_sae.RayBackend]); it changes no
+    result, so a study started on one backend resumes on another.
     """
     scale = get_scale(scale) if isinstance(scale, str) else scale
     names = list(GRAMMARS) if grammars in ("all", ["all"]) else [grammars] if isinstance(grammars, str) else list(grammars)
@@ -58,7 +62,8 @@ def reproduce(
     config = {"grammars": names, "scale": scale.name, "seed": seed, "settings": settings}  # overrides count too
     with output_dir(out_dir, "reproduction", config, overwrite=overwrite, resumable=True) as out:
         results = {
-            g: stage(Path(out) / g / RESULTS_FILE, lambda g=g: run_language(g, Path(out) / g, scale, seed, device)) for g in names
+            g: stage(Path(out) / g / RESULTS_FILE, lambda g=g: run_language(g, Path(out) / g, scale, seed, device, backend))
+            for g in names
         }
         claims = judge_results(results)
         write_json(Path(out) / CLAIMS_FILE, {k: c.to_dict() for k, c in claims.items()})

@@ -1,6 +1,6 @@
 """The paper's four claims as pre-registered tests that can come out either way.
 
-Each claim is judged per language from typed evidence (:mod:`formal_sae.reproduce.evidence`) into
+Each claim is judged per language from typed evidence ([`formal_sae.reproduce.evidence`][formal_sae.reproduce.evidence]) into
 ``supported`` / ``mixed`` / ``not supported`` / ``not tested`` (with the reason), then overall:
 supported when at least two languages support it (C4: the paper's claim is about English, so its
 overall verdict follows English). Every threshold below is a named constant with its reason, and

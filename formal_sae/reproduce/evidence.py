@@ -1,7 +1,7 @@
 """The evidence each claim is judged on, per language, as typed records.
 
-The stages of the study (:mod:`formal_sae.reproduce.stages`) measure these; the claims
-(:mod:`formal_sae.reproduce.claims`) read nothing else, so a verdict can be tested on synthetic
+The stages of the study (`formal_sae.reproduce.stages`) measure these; the claims
+([`formal_sae.reproduce.claims`][formal_sae.reproduce.claims]) read nothing else, so a verdict can be tested on synthetic
 evidence. Every number that is evidence carries its uncertainty (an interval or a standard error).
 """
 
@@ -15,7 +15,7 @@ Interval = tuple[float, float]
 
 
 def _from_dict(cls, d: dict[str, Any]):
-    """Rebuild a dataclass (and the dataclasses nested in its fields) from :func:`dataclasses.asdict` output."""
+    """Rebuild a dataclass (and the dataclasses nested in its fields) from `dataclasses.asdict` output."""
     kwargs = {}
     hints = {f.name: f for f in dataclasses.fields(cls)}
     for name, value in d.items():

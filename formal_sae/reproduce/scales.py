@@ -34,7 +34,7 @@ def quick_grid(d_in: int) -> SweepGrid:
 
 @dataclass(frozen=True)
 class Scale:
-    """How big each stage of :func:`~formal_sae.reproduce.reproduce` is.
+    """How big each stage of [`reproduce`][formal_sae.reproduce.reproduce] is.
 
     Attributes:
         name: The scale's name (``--scale``).
@@ -48,6 +48,8 @@ class Scale:
         intervention_sentences, n_null: Sentences and matched random latents of the C3 interventions.
         causal_base, causal, causal_seeds: The plain/causal SAE pairs of C4 and their seeds.
         validity_samples, validity_repeats: Validity of the models and the C4 SAEs.
+        prompt_format: The sequence format of the data: ``"bos"``, or ``"paper"`` (the authors'
+            7-token decorator before every sentence and as the generation prompt).
         notes: How this scale differs from the paper (shown in the report).
     """
 
@@ -69,6 +71,7 @@ class Scale:
     causal_seeds: int
     validity_samples: int = 128
     validity_repeats: int = 5
+    prompt_format: str = "bos"
     notes: tuple[str, ...] = field(default_factory=tuple)
 
     def with_overrides(self, **overrides: Any) -> Scale:
@@ -149,8 +152,10 @@ SCALES: dict[str, Scale] = {
             coefficient=0.5, pretrain_steps=5000, steps=20_000, sentences_per_step=32, finetune_lr=1e-7, schedule="linear"
         ),
         causal_seeds=3,
+        prompt_format="paper",
         notes=(
             "the paper's model and training budgets (run on a GPU: --device cuda)",
+            "the paper's sequence format: the 7-token decorator before every sentence and as the prompt",
             "1M training sentences sampled once instead of fresh batches each step",
         ),
     ),

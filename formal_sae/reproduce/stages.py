@@ -2,7 +2,7 @@
 
 Every stage writes its result (JSON) under the language's folder and is skipped when that file
 exists, so an interrupted run resumes; artifacts (dataset, model, sweep, SAEs, reports) follow
-:mod:`formal_sae.outputs` and appear whole.
+`formal_sae.outputs` and appear whole.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from formal_sae import (
     FormalSAEError,
     ModelConfig,
     ProbeReport,
+    RayBackend,
     SAETrainConfig,
     TrainConfig,
     analyze,
@@ -70,7 +71,7 @@ from formal_sae.reproduce.scales import Scale
 DATA_DIR, MODEL_DIR, SWEEP_DIR = "data", "model", "sweep"
 ANALYSIS_DIR, SEEDS_DIR, PROBES_DIR = "analysis", "analysed-seeds", "probes"
 CAUSAL_SAES_DIR, EVIDENCE_FILE = "causal-saes", "evidence.json"
-#: The probe report this module writes into :data:`PROBES_DIR`.
+#: The probe report this module writes into `PROBES_DIR`.
 PROBES_JSON, PROBES_MD, PROBES_PNG = "probes.json", "probes.md", "probes.png"
 
 
@@ -95,14 +96,17 @@ def guarded(run: Callable[[], Any], failed: Callable[[str], Any]) -> Any:
         return failed(str(e))
 
 
-def run_language(grammar: str, out: Path, scale: Scale, seed: int = 0, device: str = "cpu") -> dict[str, Any]:
+def run_language(
+    grammar: str, out: Path, scale: Scale, seed: int = 0, device: str = "cpu", backend: str | RayBackend = "local"
+) -> dict[str, Any]:
     """Every stage for one language; returns its model summary, sweep rows and evidence (JSON)."""
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     if not (out / DATA_DIR).exists():
         generate_dataset(
-            grammar, out / DATA_DIR, n_train=scale.n_train, n_validation=scale.n_eval, n_test=scale.n_eval, seed=seed
-        )
+            grammar, out / DATA_DIR, n_train=scale.n_train, n_validation=scale.n_eval, n_test=scale.n_eval, seed=seed,
+            prompt_format=scale.prompt_format,
+        )  # fmt: skip
     dataset = load_dataset_dir(out / DATA_DIR)
     if not (out / MODEL_DIR).exists():  # an interrupted training run resumes by itself
         steps = scale.model_steps[grammar]
@@ -116,7 +120,7 @@ def run_language(grammar: str, out: Path, scale: Scale, seed: int = 0, device: s
     if (out / SWEEP_DIR).exists():
         rows = read_json(out / SWEEP_DIR / RESULTS_JSON, what="sweep results")
     else:
-        rows = sweep(model, dataset, scale.grid(model.cfg.d_model), out / SWEEP_DIR, evaluation=scale.sweep_eval)
+        rows = sweep(model, dataset, scale.grid(model.cfg.d_model), out / SWEEP_DIR, evaluation=scale.sweep_eval, backend=backend)
     c2 = guarded(
         lambda: stage(
             out / "c2.json", lambda: c2_evidence(grammar, model, dataset, rows, out, scale, model_metrics["validity"]).to_dict()
@@ -321,7 +325,7 @@ def _interventions(model, sae, dataset, report, c1: C1Evidence, hook: str, scale
 
 
 def _interventions_with_a_null(model, sae, dataset, feature, group, best, direction, scale: Scale, seed: int):
-    """:func:`feature_interventions`, halving the group (best latents first) while the SAE has too few
+    """[`feature_interventions`][formal_sae.feature_interventions], halving the group (best latents first) while the SAE has too few
     other live latents to draw matched null groups of its size."""
     while True:
         try:

@@ -1,4 +1,4 @@
-"""Causally regularised SAEs: the paper's interpolation loss (PAPER.md §8) as a training option.
+"""Causally regularised SAEs: the paper's interpolation loss ([The paper: the causal loss][paper-causal-loss]) as a training option.
 
 With f = E o L0 (model up to the hook, then the encoder) and g = W_LM o L1 o D (decoder, then the
 rest of the model), each sentence token t_i is paired with its nearest other token t_j *of the
@@ -54,7 +54,7 @@ from formal_sae.seeding import deterministic
 
 @dataclass
 class CausalConfig:
-    """Settings of the causal term (PAPER.md §8.2-8.3; the paper: TopK k=16, expansion 2).
+    """Settings of the causal term ([The paper: the authors' algorithm][paper-causal-algorithm]; the paper: TopK k=16, expansion 2).
 
     Attributes:
         coefficient: beta, the weight of the causal loss.
@@ -237,16 +237,17 @@ def train_causal_sae(
         dataset: Its dataset (the ``train`` split supplies sentences).
         config: The base SAE's settings (any SAELens architecture or ``paper``); ``overrides``
             replace its fields.
-        causal: The causal term's settings (:class:`CausalConfig`).
+        causal: The causal term's settings ([`CausalConfig`][formal_sae.CausalConfig]).
         out_dir: Where to save the SAE (SAELens format, base architecture), built in
             ``<out_dir>.in-progress`` with its checkpoints and moved into place when complete; an
-            interrupted run with the same settings resumes (:mod:`formal_sae.outputs`).
+            interrupted run with the same settings resumes (`formal_sae.outputs`).
         progress: Show a progress bar of the causal phase.
-        checkpoint_dir, n_checkpoints: Save ``n_checkpoints`` crash-safe checkpoints in each phase (the
-            pretraining in ``checkpoint_dir/pretrain``, see :func:`~formal_sae.saes.training.fit_sae`; the
+        checkpoint_dir: Where to save ``n_checkpoints`` crash-safe checkpoints in each phase (the
+            pretraining in ``checkpoint_dir/pretrain``, see `fit_sae`; the
             causal loop in ``checkpoint_dir/causal``), and resume from the latest one: the result is bitwise
             that of an uninterrupted run. Default: inside the in-progress folder of ``out_dir``, with
-            :data:`~formal_sae.saes.training.DEFAULT_CHECKPOINTS` checkpoints (none without ``out_dir``).
+            `DEFAULT_CHECKPOINTS` checkpoints (none without ``out_dir``).
+        n_checkpoints: How many checkpoints each phase saves (see ``checkpoint_dir``).
         overwrite: Replace an existing SAE in ``out_dir`` (only one formal-sae wrote).
     """
     config = dataclasses.replace(config or SAETrainConfig(architecture="topk", k=16, expansion_factor=2), **overrides)
@@ -272,7 +273,7 @@ def train_causal_sae(
 def _train_causal(
     model, dataset, config: SAETrainConfig, causal: CausalConfig, out_dir, progress: bool, checkpoint_dir, n_checkpoints: int
 ) -> SAE:
-    """The two phases of :func:`train_causal_sae`, checkpointed in ``checkpoint_dir``; the SAE is saved to ``out_dir``."""
+    """The two phases of [`train_causal_sae`][formal_sae.train_causal_sae], checkpointed in ``checkpoint_dir``; the SAE is saved to ``out_dir``."""
     meta = dataset_metadata(dataset)
     if n_checkpoints < 0 or (n_checkpoints and checkpoint_dir is None):
         raise SAEError(f"n_checkpoints={n_checkpoints} needs to be >= 0 and a checkpoint_dir to save them in")

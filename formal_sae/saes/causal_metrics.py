@@ -1,13 +1,13 @@
-"""Measures for claim C4 (the causal regulariser, PAPER.md §8) that can come out against it.
+"""Measures for claim C4 (the causal regulariser, [The paper: the causal loss][paper-causal-loss]) that can come out against it.
 
 Every SAE is measured on the same things, chosen without it:
 
-* :func:`held_out_pairs`: token pairs (i, j) of one sentence, drawn at random with a seeded
+* [`held_out_pairs`][formal_sae.held_out_pairs]: token pairs (i, j) of one sentence, drawn at random with a seeded
   generator from the dataset alone (not each SAE's own nearest neighbours, which would let an SAE
   pick the pairs it is judged on).
-* :func:`interpolation_metrics`: on those pairs, the paper's causal loss and a scale-free
+* [`interpolation_metrics`][formal_sae.interpolation_metrics]: on those pairs, the paper's causal loss and a scale-free
   linearity error of g (the decoder, then the rest of the model) along the latent segment.
-* :func:`~formal_sae.saes.predictability.effect_predictability` (in its own module, re-exported
+* `effect_predictability` (in its own module, re-exported
   here): for latents matched by feature (the caller names them), does the natural data predict
   what clamping the latent does to the next-token class distribution?
 
@@ -222,13 +222,13 @@ def interpolation_metrics(
     batch_size: int = 64,
     allow_other_model: bool = False,
 ) -> InterpolationMetrics:
-    """Causal loss and linearity error of ``sae`` on ``pairs`` (see :class:`InterpolationMetrics`).
+    """Causal loss and linearity error of ``sae`` on ``pairs`` (see [`InterpolationMetrics`][formal_sae.saes.causal_metrics.InterpolationMetrics]).
 
     For each pair only token i's activation at the SAE's hook is replaced, by the decoded latents
     (no error term, as the paper's g = W_LM o L1 o D), and the output is read at token i: g is then a
     function of one latent vector in the sentence's own clean context, and pairs do not interact
     (``causal_loss`` edits every token of a sentence at once, which training needs for speed).
-    The rest of the model runs through :func:`~formal_sae.activations.run_from_hook`, as in training.
+    The rest of the model runs through `run_from_hook`, as in training.
     """
     if distance not in ("mse", "kl"):
         raise SAEError(f"distance must be 'mse' or 'kl', got {distance!r}")

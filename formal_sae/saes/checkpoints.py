@@ -1,16 +1,16 @@
 """Crash-safe checkpoints of SAE training that resume bitwise-identically.
 
 A checkpoint is a folder ``<checkpoint_dir>/<n>/`` (``n``: training samples or steps done) with
-the training state and, written last and atomically, :data:`MARKER`: only a folder with a marker
+the training state and, written last and atomically, `MARKER`: only a folder with a marker
 is complete. A SIGKILL at any instant therefore leaves the previous complete checkpoint or the new
 one; a folder without a marker is ignored and deleted, and older complete ones are deleted once a
 newer one is complete, so at most one is kept (plus the one being written).
 
 ``fit_sae`` checkpoints through SAELens's own ``SAETrainer.save_checkpoint`` (SAE weights and
 buffers such as BatchTopK's threshold, optimizer, lr and coefficient schedulers, dead-feature
-statistics, activation scaler), completed by :class:`TrainerCheckpoints` with what it misses: the
+statistics, activation scaler), completed by `TrainerCheckpoints` with what it misses: the
 global RNG state, how many batches the data provider served, and the true step count. The causal
-loop saves its own state with :func:`save_loop_checkpoint`.
+loop saves its own state with `save_loop_checkpoint`.
 """
 
 from __future__ import annotations
@@ -166,7 +166,7 @@ class CountingIterator(Iterator[torch.Tensor]):
 # ------------------------------------------------------------------------------ SAELens trainer
 class TrainerCheckpoints:
     """Checkpoints of a SAELens ``SAETrainer`` run in ``directory``: finds the latest complete one
-    (checking its ``settings``); :meth:`attach` restores it into the trainer and completes each
+    (checking its ``settings``); `attach` restores it into the trainer and completes each
     checkpoint SAELens writes there (``SAETrainerConfig.checkpoint_path``)."""
 
     def __init__(self, directory: str | os.PathLike, current: dict[str, Any]) -> None:
@@ -231,7 +231,7 @@ def save_loop_checkpoint(
 
 
 def load_loop_checkpoint(path: Path, sae: TrainingSAE, optimizer: torch.optim.Optimizer) -> None:
-    """Restore what :func:`save_loop_checkpoint` saved into ``sae`` and ``optimizer``."""
+    """Restore what `save_loop_checkpoint` saved into ``sae`` and ``optimizer``."""
     try:
         sae.load_weights_from_checkpoint(path)
         optimizer.load_state_dict(safe_torch_load(path / OPTIMIZER_FILE))

@@ -1,5 +1,5 @@
-"""What defines an SAE training run (:class:`SAETrainConfig`), its checks, and the fresh SAELens
-``TrainingSAE`` it starts from (:func:`build_training_sae`)."""
+"""What defines an SAE training run ([`SAETrainConfig`][formal_sae.SAETrainConfig]), its checks, and the fresh SAELens
+``TrainingSAE`` it starts from ([`build_training_sae`][formal_sae.build_training_sae])."""
 
 from __future__ import annotations
 
@@ -59,6 +59,8 @@ class SAETrainConfig:
     """paper variant: unit-norm decoder rows"""
     normalize_recon: bool = False
     """paper variant: unit-norm reconstructions"""
+    sparsemax: str | None = None
+    """paper variant: a sparsemax prototype encoder, 'no-kds', 'recon-dist' or 'dist', instead of ReLU/TopK/L1"""
     splice: str = "scale_correct"
     """how a normalised SAE is spliced into the model: 'scale_correct' or 'paper' (raw activations in)"""
     training_tokens: int = 200_000
@@ -92,23 +94,27 @@ class SAETrainConfig:
 
     @property
     def paper_variant(self) -> bool:
-        return self.pre_bias or self.normalize_input or self.normalize_decoder or self.normalize_recon
+        return self.pre_bias or self.normalize_input or self.normalize_decoder or self.normalize_recon or bool(self.sparsemax)
 
     def __post_init__(self) -> None:
         self.validate()  # a config that exists is a valid one: refused where it is written, not deep in a run
 
     def validate(self) -> None:
-        """Refuse invalid settings with an :class:`SAEError` naming the field, its value and the valid
+        """Refuse invalid settings with an [`SAEError`][formal_sae.SAEError] naming the field, its value and the valid
         range; a warm-up at least as long as the run is shortened to a tenth of it, with a warning."""
         if self.architecture not in architectures():
             raise SAEError(f"unknown SAE architecture {self.architecture!r}; choose one of {', '.join(architectures())}")
         if self.paper_variant and self.architecture != PAPER:
             raise SAEError(
-                "pre_bias / normalize_input / normalize_decoder / normalize_recon are the paper's variants: "
+                "pre_bias / normalize_input / normalize_decoder / normalize_recon / sparsemax are the paper's variants: "
                 f"use architecture 'paper', not {self.architecture!r}"
             )
         if self.architecture == PAPER and self.k is not None and self.l1_coefficient:
             raise SAEError("the paper SAE is TopK (k) or L1 (l1_coefficient), not both: give one of them")
+        if self.sparsemax is not None and self.sparsemax not in paper.SPARSEMAX_ENCODERS:
+            raise SAEError(f"sparsemax must be one of {', '.join(paper.SPARSEMAX_ENCODERS)} or unset, got {self.sparsemax!r}")
+        if self.sparsemax is not None and (self.k is not None or self.l1_coefficient):
+            raise SAEError("a sparsemax paper SAE takes neither k nor l1_coefficient: sparsemax sets its sparsity")
         for name in ("expansion_factor", "training_tokens", "batch_size_tokens", "dead_feature_window"):
             if not _is_int(getattr(self, name)) or getattr(self, name) < 1:
                 raise SAEError(f"{name} must be >= 1 (an integer), got {getattr(self, name)!r}")
@@ -167,6 +173,7 @@ def _arch_kwargs(cfg: SAETrainConfig, cfg_class: type, d_sae: int) -> dict[str, 
                 "normalize_decoder": cfg.normalize_decoder,
                 "normalize_recon": cfg.normalize_recon,
                 "splice": cfg.splice,
+                "sparsemax": cfg.sparsemax,
             }
             if cfg.architecture == PAPER
             else {}

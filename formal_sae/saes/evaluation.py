@@ -14,16 +14,18 @@
 SAEs trained on normalised inputs can be spliced two ways (``splice``): ``"scale_correct"``
 (default: normalise, reconstruct, rescale by the activation's norm, so the SAE sees the inputs
 it was trained on) or ``"paper"`` (raw activations in, as the authors' evaluation did, which
-distorts SAEs with a pre-bias or reconstruction normalisation; PAPER.md §5.2).
+distorts SAEs with a pre-bias or reconstruction normalisation; [The paper: validity][paper-validity]).
 """
 
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
+import os
+from dataclasses import dataclass, field
 from typing import ClassVar
 
 import datasets
+import numpy as np
 import torch
 from sae_lens import SAE
 from sae_lens.evals import get_recons_loss
@@ -35,14 +37,18 @@ from formal_sae.data import dataset_metadata, grammar_of
 from formal_sae.errors import SAEError
 from formal_sae.generation import evaluate_validity
 from formal_sae.models import model_fingerprint
+from formal_sae.plotting import plot_latent_density
 from formal_sae.records import Record
 from formal_sae.saes.storage import model_name_of
 from formal_sae.saes.training import flush_denormals, sae_hook_width
 
+#: The latent density histogram written next to an SAE's ``metrics.json`` (`write_latent_density`).
+DENSITY_PNG = "latent_density.png"
+
 
 @dataclass(eq=False)
 class SAEMetrics(Record):
-    """What :func:`evaluate_sae` measures (definitions: the module docstring); ``to_dict()`` is the
+    """What [`evaluate_sae`][formal_sae.evaluate_sae] measures (definitions: the module docstring); ``to_dict()`` is the
     JSON written into an SAE's ``metrics.json``. The validity fields are None, and absent from the
     JSON, when validity was not measured."""
 
@@ -66,6 +72,8 @@ class SAEMetrics(Record):
     validity: float | None = None
     validity_std: float | None = None
     validity_failures: dict[str, int] | None = None
+    firing_rates: np.ndarray | None = field(default=None, repr=False, metadata={"json": False})
+    """per latent, the fraction of the split's tokens where it fires (an attribute, not in the JSON)"""
 
 
 def check_sae_fits(model: HookedTransformer, sae: SAE) -> str:
@@ -84,7 +92,7 @@ def check_sae_model(model: HookedTransformer, sae: SAE, allow_other_model: bool 
     without error but every result is meaningless.
 
     formal-sae stores the fingerprint of the training model's weights in the SAE's metadata
-    (``sae.cfg.metadata.model_fingerprint``, :func:`formal_sae.model_fingerprint`); SAEs without one
+    (``sae.cfg.metadata.model_fingerprint``, [`formal_sae.model_fingerprint`][formal_sae.model_fingerprint]); SAEs without one
     (trained with plain SAELens, or before formal-sae stored it) are accepted. ``allow_other_model``
     lets a deliberate transfer through. Costs one hash of the weights (about 1.5 ms for the paper
     preset on a CPU).
@@ -131,7 +139,7 @@ def evaluate_sae(
 ) -> SAEMetrics:
     """All metrics of an SAE on ``dataset[split]``; see the module docstring for definitions.
 
-    An SAE trained on another model is refused unless ``allow_other_model`` (:func:`check_sae_model`).
+    An SAE trained on another model is refused unless ``allow_other_model`` (`check_sae_model`).
     """
     hook = check_sae_fits(model, sae)
     check_sae_model(model, sae, allow_other_model)
@@ -146,7 +154,7 @@ def evaluate_sae(
     n_tokens = 0
     sq_err = sum_sq_x = l0 = 0.0
     sum_vec = torch.zeros(sae.cfg.d_in)
-    fired = torch.zeros(sae.cfg.d_sae, dtype=torch.bool)
+    fire_counts = torch.zeros(sae.cfg.d_sae, dtype=torch.long)
     ce = {"clean": 0.0, "sae": 0.0, "ablation": 0.0}
     kl = {"sae": 0.0, "ablation": 0.0}
     n_pred = 0
@@ -159,7 +167,7 @@ def evaluate_sae(
         sum_sq_x += float(x.pow(2).sum())
         sum_vec += x.sum(0).cpu()
         l0 += float((feats != 0).sum())  # != 0: AbsTopK latents can be negative (as SAELens counts)
-        fired |= (feats != 0).any(0).cpu()
+        fire_counts += (feats != 0).sum(0).cpu()
         r = get_recons_loss(
             sae, model, ActivationScaler(), batch.tokens.to(model.cfg.device), compute_kl=True, compute_ce_loss=True,
             ignore_tokens=non_sentence, hook_name=hook,
@@ -183,16 +191,26 @@ def evaluate_sae(
         mse=sq_err / n_tokens,
         explained_variance=1 - (sq_err / n_tokens) / total_var,
         l0=l0 / n_tokens,
-        dead_fraction=float((~fired).float().mean()),
+        dead_fraction=float((fire_counts == 0).float().mean()),
         ce_loss_clean=ce["clean"],
         ce_loss_with_sae=ce["sae"],
         ce_loss_with_ablation=ce["ablation"],
         ce_loss_score=(ce["ablation"] - ce["sae"]) / (ce["ablation"] - ce["clean"]),
         kl_div_with_sae=kl["sae"],
         kl_div_score=(kl["ablation"] - kl["sae"]) / kl["ablation"],
+        firing_rates=(fire_counts.double() / n_tokens).numpy(),
     )
     if validity:
         with flush_denormals():  # a dying L1 SAE emits denormals: generation ran ~8x slower
             v = evaluate_validity(model, n_samples=n_samples, repeats=repeats, seed=seed, saes=[sae])
         metrics.validity, metrics.validity_std, metrics.validity_failures = v.validity, v.validity_std, v.failures
     return metrics
+
+
+def write_latent_density(metrics: SAEMetrics, path: str | os.PathLike, title: str | None = None) -> None:
+    """The latent density histogram of an evaluated SAE as a PNG: log10 of each latent's firing
+    frequency on the evaluated tokens (``metrics.firing_rates``), dead latents counted apart."""
+    if metrics.firing_rates is None:
+        raise SAEError("these metrics hold no firing rates (they were read back from JSON): evaluate the SAE again")
+    title = title or f"{metrics.architecture}, {metrics.d_sae} latents at {metrics.hook_name} ({metrics.n_tokens} tokens)"
+    plot_latent_density(metrics.firing_rates, path, title)

@@ -1,11 +1,15 @@
-"""The paper's SAE (PAPER.md §4.2-4.3) as a SAELens architecture, ``"formal_paper"``.
+"""The paper's SAE ([The paper: SAE architecture and loss][paper-sae-architecture]) as a SAELens architecture, ``"formal_paper"``.
 
 Forward pass, with every inductive bias the paper sweeps as a switch:
 
 1. ``normalize_input``: ``x <- x / ||x||`` per token (the target is the normalised x);
 2. ``pre_bias``: subtract a learned pre-encoder bias (SAELens's ``b_dec`` with
    ``apply_b_dec_to_input``), and only then is there an encoder bias ``b_enc``;
-3. ``ReLU(x W_enc + b_enc)``, then TopK if ``k`` is set;
+3. ``ReLU(x W_enc + b_enc)``, then TopK if ``k`` is set; or, with ``sparsemax`` (the paper's
+   Expr sweep 1iii, "KDS" prototype encoders), ``sparsemax`` over latents of a similarity of the
+   unit-norm input to unit-norm prototypes (the columns of ``W_enc``) with a trainable scalar
+   ``lambda`` (initialised ``randn()**2``): ``"no-kds"`` ``lambda * cos``, ``"recon-dist"``
+   ``cos - lambda * ||x - w||^2``, ``"dist"`` ``-lambda * ||x - w||^2`` (no L1 term, no TopK);
 4. decode with unit-norm decoder rows if ``normalize_decoder`` (``W_dec / (||row|| + 1e-8)``),
    add the pre-bias back;
 5. ``normalize_recon``: ``recon <- recon / (||recon|| + 1e-8)``.
@@ -18,7 +22,7 @@ paper's reduction, summed over the batch, so its alpha grid means what it meant 
 Saving: an SAE without input or reconstruction normalisation *is* a stock SAELens ``topk`` (k
 set) or ``standard`` (L1) SAE once unit-norm decoder rows are folded into ``W_dec``, and is saved
 as one, so plain SAELens loads it. Otherwise it is saved as ``"formal_paper"`` (inference class
-:class:`PaperSAE`), which needs formal-sae to be imported.
+`PaperSAE`), which needs formal-sae to be imported.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
+from entmax import sparsemax  # a maintained sparsemax (Peters et al.), as the authors used a PyPI one
 from sae_lens import SAE, SAEConfig, StandardSAEConfig, TopKSAEConfig, TrainingSAE, TrainingSAEConfig
 from sae_lens.registry import SAE_CLASS_REGISTRY, SAE_TRAINING_CLASS_REGISTRY, register_sae_class, register_sae_training_class
 from sae_lens.saes.sae import TrainCoefficientConfig, TrainStepInput, TrainStepOutput
@@ -37,7 +42,7 @@ from formal_sae.errors import SAEError
 ARCHITECTURE = "formal_paper"
 #: How an SAE trained on normalised inputs is spliced into the model: ``"scale_correct"``
 #: normalises the activation, reconstructs, and rescales by the original norm; ``"paper"`` feeds
-#: the raw activation, as the authors' evaluation did (PAPER.md §5.2, pitfall a).
+#: the raw activation, as the authors' evaluation did ([The paper: validity][paper-validity]).
 SpliceMode = Literal["scale_correct", "paper"]
 _EPS = 1e-8
 
@@ -48,6 +53,22 @@ def _unit_rows(w: torch.Tensor) -> torch.Tensor:
 
 def _unit_tokens(x: torch.Tensor) -> torch.Tensor:
     return x / (x.norm(dim=-1, keepdim=True) + _EPS)
+
+
+#: The paper's sparsemax ("KDS") encoders ([The paper: SAE architecture and loss][paper-sae-architecture]; Expr sweep 1iii).
+SPARSEMAX_ENCODERS = ("no-kds", "recon-dist", "dist")
+
+
+def _sparsemax_encode(x: torch.Tensor, W_enc: torch.Tensor, lam: torch.Tensor, mode: str) -> torch.Tensor:
+    """Latents of the paper's prototype encoder ``mode`` for inputs ``x`` [..., d_in]: sparsemax over
+    the latents of a score of the unit-norm input against the unit-norm prototypes ``W_enc[:, j]``."""
+    x_hat, protos = _unit_tokens(x), W_enc / (W_enc.norm(dim=0, keepdim=True) + _EPS)
+    cos = x_hat @ protos
+    if mode == "no-kds":
+        return sparsemax(lam * cos, dim=-1)
+    # ||x_hat - w_j||^2 from the actual norms (both are 1 up to the epsilon)
+    dist = x_hat.pow(2).sum(-1, keepdim=True) + protos.pow(2).sum(0) - 2 * cos
+    return sparsemax((cos if mode == "recon-dist" else 0) - lam * dist, dim=-1)
 
 
 def _topk(hidden: torch.Tensor, k: int | None) -> torch.Tensor:
@@ -70,6 +91,7 @@ class PaperSAEConfig(SAEConfig):
     normalize_input: bool = False
     normalize_recon: bool = False
     splice: str = "scale_correct"
+    sparsemax: str | None = None
 
     @classmethod
     def architecture(cls) -> str:
@@ -84,6 +106,8 @@ class PaperSAE(SAE[PaperSAEConfig]):
     def initialize_weights(self) -> None:
         super().initialize_weights()
         self.b_enc = nn.Parameter(torch.zeros(self.cfg.d_sae, dtype=self.dtype, device=self.device))
+        if self.cfg.sparsemax is not None:
+            self.kds_lambda = nn.Parameter(torch.ones((), dtype=self.dtype, device=self.device))
 
     def _setup_activation_normalization(self) -> None:
         # Per-token L2 normalisation, undone on the way out when splicing scale-correctly.
@@ -101,6 +125,10 @@ class PaperSAE(SAE[PaperSAEConfig]):
             self.run_time_activation_norm_fn_in = self.run_time_activation_norm_fn_out = lambda x: x
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
+        if self.cfg.sparsemax is not None:
+            return self.hook_sae_acts_post(
+                _sparsemax_encode(self.process_sae_in(x), self.W_enc, self.kds_lambda, self.cfg.sparsemax)
+            )
         hidden = self.hook_sae_acts_pre(self.process_sae_in(x) @ self.W_enc + self.b_enc)
         return self.hook_sae_acts_post(_topk(hidden, self.cfg.k))
 
@@ -125,6 +153,7 @@ class PaperTrainingSAEConfig(TrainingSAEConfig):
     normalize_decoder: bool = False
     normalize_recon: bool = False
     splice: str = "scale_correct"
+    sparsemax: str | None = None  # one of SPARSEMAX_ENCODERS: the prototype encoder instead of ReLU/TopK
     decoder_init_norm: float | None = None  # the paper uses nn.Linear's default (Kaiming-uniform)
 
     def __post_init__(self) -> None:
@@ -136,6 +165,10 @@ class PaperTrainingSAEConfig(TrainingSAEConfig):
             raise SAEError("a paper SAE is either TopK (k) or L1 (l1_coefficient), not both")
         if self.splice not in ("scale_correct", "paper"):
             raise SAEError(f"splice must be 'scale_correct' or 'paper', got {self.splice!r}")
+        if self.sparsemax is not None and self.sparsemax not in SPARSEMAX_ENCODERS:
+            raise SAEError(f"sparsemax must be one of {', '.join(SPARSEMAX_ENCODERS)}, got {self.sparsemax!r}")
+        if self.sparsemax is not None and (self.k is not None or self.l1_coefficient):
+            raise SAEError("a sparsemax paper SAE has neither k nor an L1 coefficient: sparsemax sets the sparsity")
 
     @classmethod
     def architecture(cls) -> str:
@@ -144,7 +177,7 @@ class PaperTrainingSAEConfig(TrainingSAEConfig):
     @property
     def is_stock(self) -> bool:
         """True when the inference SAE is exactly a stock SAELens ``topk``/``standard`` SAE."""
-        return not (self.normalize_input or self.normalize_recon)
+        return not (self.normalize_input or self.normalize_recon or self.sparsemax)
 
     def get_inference_config_class(self) -> type[SAEConfig]:
         if not self.is_stock:
@@ -173,6 +206,7 @@ class PaperTrainingSAEConfig(TrainingSAEConfig):
                 normalize_input=self.normalize_input,
                 normalize_recon=self.normalize_recon,
                 splice=self.splice,
+                sparsemax=self.sparsemax,
             )
         return d
 
@@ -195,9 +229,11 @@ class PaperTrainingSAE(TrainingSAE[PaperTrainingSAEConfig]):
         if not self.cfg.pre_bias:  # no pre-bias means no encoder bias either: both frozen at zero
             self.b_dec.requires_grad_(False)
             self.b_enc.requires_grad_(False)
+        if self.cfg.sparsemax is not None:  # the prototype encoder's scale, as the authors drew it
+            self.kds_lambda = nn.Parameter(torch.randn((), dtype=self.dtype, device=self.device) ** 2)
 
     def get_coefficients(self) -> dict[str, float | TrainCoefficientConfig]:
-        return {"l1": self.cfg.l1_coefficient} if self.cfg.k is None else {}
+        return {"l1": self.cfg.l1_coefficient} if self.cfg.k is None and self.cfg.sparsemax is None else {}
 
     def decoder_matrix(self) -> torch.Tensor:
         return _unit_rows(self.W_dec) if self.cfg.normalize_decoder else self.W_dec
@@ -208,6 +244,9 @@ class PaperTrainingSAE(TrainingSAE[PaperTrainingSAEConfig]):
 
     def encode_with_hidden_pre(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         sae_in = self.process_sae_in(self.target(x))
+        if self.cfg.sparsemax is not None:
+            acts = _sparsemax_encode(sae_in, self.W_enc, self.kds_lambda, self.cfg.sparsemax)
+            return self.hook_sae_acts_post(acts), acts
         hidden = self.hook_sae_acts_pre(sae_in @ self.W_enc + self.b_enc)
         return self.hook_sae_acts_post(_topk(hidden, self.cfg.k)), hidden
 
@@ -218,7 +257,7 @@ class PaperTrainingSAE(TrainingSAE[PaperTrainingSAEConfig]):
         return self.hook_sae_recons(recon)
 
     def calculate_aux_loss(self, step_input, feature_acts, hidden_pre, sae_out) -> dict[str, torch.Tensor]:
-        if self.cfg.k is not None:
+        if self.cfg.k is not None or self.cfg.sparsemax is not None:
             return {}
         # The latents are ReLU outputs, so their L1 norm is their plain sum: the same value and
         # (through the ReLU, which zeroes the gradient wherever a latent is 0) the same gradients

@@ -1,6 +1,6 @@
 """An SAE on disk: SAELens's inference format (``cfg.json`` + ``sae_weights.safetensors``) plus
 formal-sae's record of the run (``formal_sae_sae_config.json``), written as one artifact
-(:mod:`formal_sae.outputs`) and loaded back with clear errors for damaged files."""
+(`formal_sae.outputs`) and loaded back with clear errors for damaged files."""
 
 from __future__ import annotations
 
@@ -20,8 +20,9 @@ from safetensors import safe_open
 
 from formal_sae.data import dataset_metadata
 from formal_sae.errors import SAEError
+from formal_sae.hub_download import local_folder
 from formal_sae.io import write_json
-from formal_sae.models import model_config, model_data, model_fingerprint, plausible_weights
+from formal_sae.models import model_fingerprint, model_name_of, plausible_weights
 from formal_sae.outputs import output_dir
 from formal_sae.saes.config import SAETrainConfig
 
@@ -31,19 +32,13 @@ TRAIN_CONFIG_FILE = "formal_sae_sae_config.json"
 CFG_FILE, WEIGHTS_FILE = SAE_CFG_FILENAME, SAE_WEIGHTS_FILENAME
 
 
-def model_name_of(model) -> str:
-    """The model's name in an SAE's metadata: ``formal-sae/<grammar>-<preset>``."""
-    data, cfg = model_data(model), model_config(model)
-    return f"formal-sae/{data.grammar if data else 'model'}-{cfg.preset if cfg else 'custom'}"
-
-
 def sae_run_config(config: SAETrainConfig, **more: Any) -> dict[str, Any]:
     """What defines an SAE training run, as recorded in its output's marker (the device does not)."""
     return {"sae": {k: v for k, v in config.to_dict().items() if k != "device"}, **more}
 
 
 def sae_output_dir(out_dir: str | os.PathLike | None, run: dict[str, Any], overwrite: bool):
-    """The SAE's in-progress output folder (:func:`formal_sae.outputs.output_dir`), or None without ``out_dir``."""
+    """The SAE's in-progress output folder ([`formal_sae.outputs.output_dir`][formal_sae.output_dir]), or None without ``out_dir``."""
     if out_dir is None:
         return contextlib.nullcontext(None)
     return output_dir(out_dir, "sae", run, overwrite=overwrite, resumable=True)
@@ -73,21 +68,27 @@ def save_sae(
 ) -> Path:
     """Write ``cfg.json`` + ``sae_weights.safetensors`` (SAELens inference format, via
     ``save_inference_model``) and formal-sae's training config into ``directory``, as one
-    artifact (an existing ``directory`` is refused unless ``overwrite``; see :mod:`formal_sae.outputs`)."""
+    artifact (an existing ``directory`` is refused unless ``overwrite``; see `formal_sae.outputs`)."""
     with output_dir(directory, "sae", sae_run_config(config, **(extra or {})), overwrite=overwrite) as work:
         trained.save_inference_model(str(work))
         write_json(work / TRAIN_CONFIG_FILE, {**config.to_dict(), **(extra or {})})
     return Path(directory)
 
 
-def load_sae(directory: str | os.PathLike, device: str = "cpu") -> SAE:
+def load_sae(directory: str | os.PathLike, device: str = "cpu", revision: str | None = None) -> SAE:
     """Load an SAE saved by formal-sae (plain ``SAE.load_from_disk``, with clear errors).
 
+    ``directory`` is a folder or a Hugging Face Hub location of one pushed by
+    [`formal_sae.push_sae_to_hub`][formal_sae.push_sae_to_hub]: ``"user/repo/<sae_id>"`` (the SAE's folder in the repo),
+    ``"user/repo@revision/<sae_id>"``, or ``"user/repo"`` for an SAE at the repo's root
+    (``hf://`` in front makes it explicit). It is downloaded into the Hugging Face cache and
+    loaded from there like a folder.
+
     Each file is checked first, so a damaged ``cfg.json`` or ``sae_weights.safetensors`` gives an
-    :class:`SAEError` naming it; weights that are not finite, fields SAELens would silently drop,
+    [`SAEError`][formal_sae.SAEError] naming it; weights that are not finite, fields SAELens would silently drop,
     and a ``cfg.json`` that disagrees with ``formal_sae_sae_config.json`` (hook, ``k``, width) too.
     """
-    directory = Path(directory)
+    directory = local_folder(directory, "SAE", SAEError, revision)
     for name in (CFG_FILE, WEIGHTS_FILE):
         if not (directory / name).is_file():
             raise SAEError(

@@ -15,6 +15,7 @@ import shutil
 import time
 import weakref
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any, NamedTuple
 
 import datasets
@@ -39,6 +40,7 @@ from formal_sae.saes.storage import (  # noqa: F401
     to_inference,
 )
 from formal_sae.seeding import deterministic
+from formal_sae.tracking import wandb_run
 
 CHECKPOINT_DIR = "checkpoints"  # inside an SAE's in-progress folder while it trains
 #: Checkpoints taken while an SAE trains into an output directory (each costs one small save).
@@ -49,15 +51,15 @@ _TRAIN_SECONDS: weakref.WeakKeyDictionary[SAE, float] = weakref.WeakKeyDictionar
 
 
 class FitResult(NamedTuple):
-    """What :func:`fit_sae` returns: the trained SAE and its training time (resumed runs included)."""
+    """What `fit_sae` returns: the trained SAE and its training time (resumed runs included)."""
 
     sae: TrainingSAE
     train_seconds: float
 
 
 def train_seconds(sae: SAE) -> float | None:
-    """Seconds an SAE took to train (interrupted runs included), for an SAE that :func:`train_sae`
-    or :func:`~formal_sae.saes.causal.train_causal_sae` returned in this process; None otherwise.
+    """Seconds an SAE took to train (interrupted runs included), for an SAE that [`train_sae`][formal_sae.train_sae]
+    or [`train_causal_sae`][formal_sae.train_causal_sae] returned in this process; None otherwise.
 
     It is not SAELens metadata: ``sae.cfg.metadata`` is written whole into ``cfg.json`` by every
     SAELens save, and a time is different on every run, so an SAE saved twice would differ.
@@ -67,7 +69,7 @@ def train_seconds(sae: SAE) -> float | None:
 
 
 def set_train_seconds(sae: SAE, seconds: float) -> SAE:
-    """Record the training time on ``sae`` (see :func:`train_seconds`); returns ``sae``."""
+    """Record the training time on ``sae`` (see [`train_seconds`][formal_sae.train_seconds]); returns ``sae``."""
     _TRAIN_SECONDS[sae] = float(seconds)
     return sae
 
@@ -145,6 +147,7 @@ def train_sae(
     checkpoint_dir: str | os.PathLike | None = None,
     n_checkpoints: int | None = None,
     overwrite: bool = False,
+    wandb_project: str | None = None,
     **overrides: Any,
 ) -> SAE:
     """Train an SAE with SAELens on a model's activations at sentence tokens.
@@ -156,18 +159,20 @@ def train_sae(
             ``train_sae(model, ds, architecture="topk", k=16, hook_name="blocks.1.hook_resid_post")``.
         activations: Precomputed ``[n_tokens, d_in]`` activations at ``config.hook_name`` (a
             sweep shares one cache across SAEs); computed from the train split if None.
-        out_dir: If given, the SAE is saved there (SAELens format, see :func:`save_sae`), built
+        out_dir: If given, the SAE is saved there (SAELens format, see `save_sae`), built
             in ``<out_dir>.in-progress`` with its training checkpoints and moved into place when
-            complete (:mod:`formal_sae.outputs`); an interrupted run with the same settings
+            complete (`formal_sae.outputs`); an interrupted run with the same settings
             resumes from its last checkpoint and gives the same SAE bitwise.
         checkpoint_dir: Where checkpoints go (default: inside the in-progress folder of ``out_dir``).
-        n_checkpoints: Checkpoints during training (default: :data:`DEFAULT_CHECKPOINTS` with an
-            ``out_dir`` or ``checkpoint_dir``, else none); see :func:`fit_sae`.
+        n_checkpoints: Checkpoints during training (default: `DEFAULT_CHECKPOINTS` with an
+            ``out_dir`` or ``checkpoint_dir``, else none); see `fit_sae`.
         overwrite: Replace an existing SAE in ``out_dir`` (only one formal-sae wrote).
+        wandb_project: Log training to this W&B project with SAELens's own logger (see
+            `fit_sae`); not part of the SAE's configuration.
 
     Returns:
         The trained SAE as a SAELens inference ``SAE`` (``sae.cfg.metadata.hook_name`` set, so
-        ``model.add_sae(sae)`` works), its training time recorded (:func:`train_seconds`).
+        ``model.add_sae(sae)`` works), its training time recorded ([`train_seconds`][formal_sae.train_seconds]).
     """
     config = dataclasses.replace(config or SAETrainConfig(), **overrides)
     config.validate()  # before any output directory is made
@@ -177,7 +182,14 @@ def train_sae(
         if checkpoint_dir is None and work is not None:
             checkpoint_dir = work / CHECKPOINT_DIR
         trained, seconds = fit_sae(
-            model, dataset, config, activations, checkpoint_dir=checkpoint_dir, n_checkpoints=n_checkpoints
+            model,
+            dataset,
+            config,
+            activations,
+            checkpoint_dir=checkpoint_dir,
+            n_checkpoints=n_checkpoints,
+            wandb_project=wandb_project,
+            wandb_name=Path(out_dir).name if out_dir is not None else None,
         )
         sae = to_inference(trained, model, dataset, config, work)
         if work is not None:
@@ -193,13 +205,21 @@ def fit_sae(
     *,
     checkpoint_dir: str | os.PathLike | None = None,
     n_checkpoints: int = 0,
+    wandb_project: str | None = None,
+    wandb_name: str | None = None,
 ) -> FitResult:
     """Train a SAELens ``TrainingSAE`` with ``SAETrainer``; returns it and the seconds it took.
 
     With ``checkpoint_dir``, training first resumes from the latest complete checkpoint there (if
     any; made with the same settings, else an error), and saves ``n_checkpoints`` more on the way
-    (crash-safe; only the latest is kept, see :mod:`formal_sae.saes.checkpoints`). The result is
+    (crash-safe; only the latest is kept, see `formal_sae.saes.checkpoints`). The result is
     bitwise that of an uninterrupted run (same machine, same thread count).
+
+    With ``wandb_project``, SAELens's own logger is on (``LoggingConfig(log_to_wandb=True)``: losses,
+    explained variance, L0, dead latents and learning rate every 10 steps, feature-density
+    histograms, config and sparsity artifacts at checkpoints; weights are not uploaded) in a W&B
+    run named ``wandb_name`` whose config is ``config``'s fields, or in the active W&B run if
+    there is one (`formal_sae.tracking`). Logging changes no result.
     """
     config.validate()
     if n_checkpoints < 0 or (n_checkpoints and checkpoint_dir is None):
@@ -226,7 +246,12 @@ def fit_sae(
         feature_sampling_window=config.dead_feature_window,
         n_checkpoints=n_checkpoints,
         checkpoint_path=str(checkpoint_dir) if checkpoint_dir is not None else None,
-        logger=LoggingConfig(log_to_wandb=False),
+        logger=LoggingConfig(
+            log_to_wandb=wandb_project is not None,
+            wandb_project=wandb_project or LoggingConfig.wandb_project,
+            run_name=wandb_name,
+            log_weights_to_wandb=False,  # the saved SAE folder is the artifact; one upload per checkpoint is waste
+        ),
     )
     start = ckpt.batches if ckpt else 0
     provider = checkpoints.CountingIterator(
@@ -236,6 +261,7 @@ def fit_sae(
     if ckpt:
         ckpt.attach(trainer, provider)  # restores the latest checkpoint's state, and saves the next ones
     t0 = time.perf_counter()
-    with flush_denormals(), deterministic():
-        trained = trainer.fit()  # SAELens's own loop and progress bar
+    wandb_config = {**config.to_dict(), "d_in": d_in, "model_name": model_name_of(model)}
+    with wandb_run(wandb_project, name=wandb_name, config=wandb_config, job_type="train-sae"), flush_denormals(), deterministic():
+        trained = trainer.fit()  # SAELens's own loop, progress bar and (with wandb_project) logging
     return FitResult(trained, time.perf_counter() - t0 + (ckpt.seconds_before if ckpt else 0.0))

@@ -1,4 +1,4 @@
-"""How each cell of a sweep is evaluated: :func:`~formal_sae.saes.evaluate_sae`'s settings, checked
+"""How each cell of a sweep is evaluated: [`evaluate_sae`][formal_sae.evaluate_sae]'s settings, checked
 before anything trains (a bad setting found after hours of training costs those hours)."""
 
 from __future__ import annotations

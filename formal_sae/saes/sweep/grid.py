@@ -1,10 +1,10 @@
 """Sweep grids: named lists of SAE training configs, each cell with a stable id.
 
 A cell's id is its directory name, so it must stay the same from run to run (resume finds finished
-cells by it) and read as what the cell is: :func:`cell_id` derives it from the settings that make
+cells by it) and read as what the cell is: `cell_id` derives it from the settings that make
 the cell differ from the grid's base (``topk-k16-x4``, ``a0.01-x2-prebias``). Grids of settings over
-a base are built by :meth:`SweepGrid.from_settings`, which names cells that way;
-:meth:`SweepGrid.from_dict` is the JSON contract on top of it, and :func:`load_grid` the one entry
+a base are built by [`SweepGrid.from_settings`][formal_sae.saes.sweep.grid.SweepGrid.from_settings], which names cells that way;
+[`SweepGrid.from_dict`][formal_sae.saes.sweep.grid.SweepGrid.from_dict] is the JSON contract on top of it, and [`load_grid`][formal_sae.load_grid] the one entry
 point (a grid, a mapping, a built-in name or a JSON file).
 """
 
@@ -28,7 +28,7 @@ from formal_sae.saes.training import SAETrainConfig
 VARIANT_PARTS = {"pre_bias": "prebias", "normalize_input": "input", "normalize_recon": "recon", "normalize_decoder": "dec"}
 VARIANT_FIELDS = tuple(VARIANT_PARTS)
 
-#: The keys of a grid's JSON form (:meth:`SweepGrid.from_dict`).
+#: The keys of a grid's JSON form ([`SweepGrid.from_dict`][formal_sae.saes.sweep.grid.SweepGrid.from_dict]).
 GRID_KEYS = ("name", "base", "axes", "cells", "exclude", "description")
 
 _ABBREVIATIONS = {
@@ -43,7 +43,7 @@ _ABBREVIATIONS = {
     "lr_warm_up_steps": "wu",
     "dead_feature_window": "dfw",
 }
-_VERBATIM = ("architecture", "hook_name", "splice")  # their values are names already
+_VERBATIM = ("architecture", "hook_name", "splice", "sparsemax")  # their values are names already
 _ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+=-]*$")
 
 
@@ -66,7 +66,7 @@ def sanitize_id(text: str) -> str:
 
 def cell_id(settings: Mapping[str, Any], fallback: str = "cell") -> str:
     """The id of the cell that ``settings`` (field -> value, in order) make differ from its grid's
-    base: their :func:`id_part` joined by ``-``; ``fallback`` when there are none."""
+    base: their `id_part` joined by ``-``; ``fallback`` when there are none."""
     return sanitize_id("-".join(id_part(k, v) for k, v in settings.items()) or fallback)
 
 
@@ -122,7 +122,7 @@ class SweepGrid:
     @classmethod
     def from_settings(cls, name: str, base: SAETrainConfig | Mapping[str, Any], cells: Iterable[Mapping[str, Any]]) -> SweepGrid:
         """A grid of one cell per mapping of ``SAETrainConfig`` settings over ``base``; a cell's id
-        is its ``"id"`` entry if it has one, else :func:`cell_id` of its settings.
+        is its ``"id"`` entry if it has one, else `cell_id` of its settings.
 
         Example: ``SweepGrid.from_settings("k", {"architecture": "topk"}, [{"k": 8}, {"k": 16}])``
         has cells ``k8`` and ``k16``."""
@@ -138,10 +138,10 @@ class SweepGrid:
     def from_dict(cls, d: Mapping[str, Any]) -> SweepGrid:
         """A grid from its JSON form.
 
-        Keys (:data:`GRID_KEYS`): ``name``; ``base`` (``SAETrainConfig`` fields shared by every
+        Keys (`GRID_KEYS`): ``name``; ``base`` (``SAETrainConfig`` fields shared by every
         cell); ``axes`` (field -> list of values: the cells are their cartesian product, ids like
         ``topk-k16-x4``); ``cells`` (explicit cells, each ``{"id": ..., "config": {...}}`` as
-        written by :meth:`to_dict` or a dict of field settings with an optional ``"id"``);
+        written by `to_dict` or a dict of field settings with an optional ``"id"``);
         ``exclude`` (a list of partial settings; a product cell matching every item of one of
         them is dropped, e.g. ``{"architecture": "standard", "k": 8}``); ``description``.
 

@@ -1,4 +1,4 @@
-"""One way to get a grid: a :class:`SweepGrid`, its JSON form as a mapping, a built-in name or a
+"""One way to get a grid: a [`SweepGrid`][formal_sae.SweepGrid], its JSON form as a mapping, a built-in name or a
 JSON grid file. Above both the grid classes and the paper's grid, which is built from them."""
 
 from __future__ import annotations
@@ -17,10 +17,10 @@ from formal_sae.saes.sweep.paper import BUILT_IN_GRIDS, built_in_grid
 def load_grid(
     grid: SweepGrid | Mapping[str, Any] | str | os.PathLike, *, scale: str | None = None, d_in: int | None = None
 ) -> SweepGrid:
-    """A :class:`SweepGrid` from a grid, a mapping (:meth:`SweepGrid.from_dict`), a built-in name
+    """A [`SweepGrid`][formal_sae.SweepGrid] from a grid, a mapping (`SweepGrid.from_dict`), a built-in name
     or the path of a JSON grid file.
 
-    Built-in names (:data:`~formal_sae.saes.sweep.paper.BUILT_IN_GRIDS`): ``"paper"`` (the paper's
+    Built-in names (`BUILT_IN_GRIDS`): ``"paper"`` (the paper's
     grid, at the paper's scale unless ``scale`` says otherwise) and ``"paper-small"`` (the same
     cells at scale ``small``), sized for a hook of width ``d_in`` (default 128, the paper model's):
     TopK cells with k > d_in x expansion factor are left out. ``scale`` applies to built-in grids

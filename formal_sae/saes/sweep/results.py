@@ -1,5 +1,7 @@
 """A sweep's results: one row per cell (its config's fields, what it is, its metrics), written as
-``results.csv``, ``results.json`` and ``results.md``, with the validity heat maps.
+``results.csv``, ``results.json`` and ``results.md``, with the validity heat maps and the
+trade-off plots (L0 against explained variance and against validity, one colour per architecture,
+variant and expansion factor).
 
 Rows stay plain dicts: they are a table with one column per config field and per metric, and a
 metric an evaluation adds becomes a column without a change here.
@@ -18,12 +20,18 @@ from pathlib import Path
 from typing import Any
 
 from formal_sae.io import atomic_write_text, canonical, to_jsonable, write_json
-from formal_sae.plotting import MISSING, number, plot_heatmap
+from formal_sae.plotting import MISSING, number, plot_heatmap, plot_tradeoff
 from formal_sae.saes.config import PAPER, SAETrainConfig
 from formal_sae.saes.sweep.grid import VARIANT_FIELDS, VARIANT_PARTS, SweepCell, SweepGrid, id_part, sanitize_id
 
 RESULTS_CSV, RESULTS_JSON, RESULTS_MD = "results.csv", "results.json", "results.md"
 HEATMAP_DIR = "heatmaps"
+TRADEOFF_DIR = "tradeoffs"
+#: The trade-off plots: metric -> (file stem, axis label).
+TRADEOFFS = {
+    "explained_variance": ("l0_vs_explained_variance", "explained variance"),
+    "validity": ("l0_vs_validity", "validity (± std over repeats)"),
+}
 
 #: The ``SAETrainConfig`` fields that set a SAELens architecture's sparsity, in the order looked at.
 SPARSITY_FIELDS = ("k", "l1_coefficient", "l0_coefficient")
@@ -43,6 +51,8 @@ def sparsity_of(config: SAETrainConfig | dict[str, Any]) -> tuple[str, str, floa
     SAELens architecture its name with its sparsity setting, e.g. ``("jumprelu", "l0_coefficient", 1.0)``."""
     d = config.to_dict() if isinstance(config, SAETrainConfig) else config
     arch = d.get("architecture")
+    if arch == PAPER and d.get("sparsemax"):
+        return "sparsemax", "encoder", d["sparsemax"]
     if arch == PAPER:
         return ("topk", "k", d["k"]) if d.get("k") is not None else ("l1", "alpha", d.get("l1_coefficient") or 0.0)
     for name in SPARSITY_FIELDS:
@@ -68,13 +78,15 @@ def result_row(cell: SweepCell, record: dict[str, Any]) -> dict[str, Any]:
 def write_results(
     out: str | os.PathLike, rows: list[dict[str, Any]], grid: SweepGrid, manifest: dict[str, Any], plots: bool = True
 ) -> list[Path]:
-    """Write ``results.csv``, ``results.json``, ``results.md`` and (if ``plots``) the heat maps;
-    returns the heat-map paths."""
+    """Write ``results.csv``, ``results.json``, ``results.md`` and (if ``plots``) the heat maps and
+    trade-off plots; returns the heat-map paths."""
     out = Path(out)
     write_json(out / RESULTS_JSON, rows)
     atomic_write_text(out / RESULTS_CSV, results_csv(rows))
     heatmaps = write_heatmaps(out / HEATMAP_DIR, rows) if plots else []
-    atomic_write_text(out / RESULTS_MD, results_markdown(rows, grid, manifest, [p.relative_to(out) for p in heatmaps]))
+    tradeoffs = write_tradeoff_plots(out / TRADEOFF_DIR, rows) if plots else []
+    relative = [p.relative_to(out) for p in heatmaps]
+    atomic_write_text(out / RESULTS_MD, results_markdown(rows, grid, manifest, relative, [p.relative_to(out) for p in tradeoffs]))
     return heatmaps
 
 
@@ -97,8 +109,15 @@ def _csv_value(value: Any) -> Any:
     return "" if value is None else value
 
 
-def results_markdown(rows: list[dict[str, Any]], grid: SweepGrid, manifest: dict[str, Any], heatmaps: Sequence[Path] = ()) -> str:
-    """A markdown report: the sweep's settings, one table row per cell, links to the heat maps."""
+def results_markdown(
+    rows: list[dict[str, Any]],
+    grid: SweepGrid,
+    manifest: dict[str, Any],
+    heatmaps: Sequence[Path] = (),
+    tradeoffs: Sequence[Path] = (),
+) -> str:
+    """A markdown report: the sweep's settings, one table row per cell, links to the trade-off
+    plots and heat maps."""
     ev = manifest.get("evaluation")
     lines = [
         f"# Sweep `{grid.name}`",
@@ -120,12 +139,16 @@ def results_markdown(rows: list[dict[str, Any]], grid: SweepGrid, manifest: dict
     for r in rows:
         validity = number(r.get("validity"), 2)
         if r.get("validity_std") is not None and validity != MISSING:
-            validity += f" ± {r['validity_std']:.2f}"
+            validity += f" ± {number(r['validity_std'], 2)}"
         lines.append(
             f"| `{r['cell_id']}` | {r['sparsity']} | {number(r['sparsity_value'])} | {r['expansion_factor']} | {r['variant']} "
             f"| {validity} | {number(r.get('explained_variance'))} | {number(r.get('l0'), 1)} "
             f"| {number(r.get('ce_loss_score'))} | {number(r.get('dead_fraction'), 2)} | {number(r.get('train_seconds'), 1)} |"
         )
+    if tradeoffs:
+        lines += ["", "## Sparsity trade-offs", "", "L0 (mean active latents per token) against each metric, one line per "
+                  "sparsity kind, variant and expansion factor.", ""]  # fmt: skip
+        lines += [f"![{p.stem}]({p.as_posix()})" for p in tradeoffs]
     if heatmaps:
         lines += ["", "## Validity heat maps", ""]
         lines += [f"![{p.stem}]({p.as_posix()})" for p in heatmaps]
@@ -176,3 +199,70 @@ def _heatmap_groups(rows: list[dict[str, Any]]) -> dict[str, tuple[str, str, lis
             title += " (" + ", ".join(f"{f}={number(v, 6, 'g')}" for f, v in distinct.items()) + ")"
         out[stem] = (title, sparsity_of(first)[1], group)
     return out
+
+
+def tradeoff_group(row: dict[str, Any]) -> str:
+    """The legend entry of a cell in the trade-off plots: sparsity kind, variant, expansion factor."""
+    return f"{row['sparsity']} / {row['variant']} / x{number(row.get('expansion_factor'), 6, 'g')}"
+
+
+def tradeoff_points(rows: list[dict[str, Any]], metric: str) -> list[dict[str, Any]]:
+    """The points of the L0-vs-``metric`` plot: cells with both as finite numbers, each
+    ``{"l0", metric, "group", "y_err"}`` (``y_err``: the metric's ``_std`` column, if any)."""
+
+    def finite(v: Any) -> bool:
+        return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+    points = []
+    for r in rows:
+        if finite(r.get("l0")) and finite(r.get(metric)):
+            err = r.get(f"{metric}_std")
+            points.append({"l0": float(r["l0"]), metric: float(r[metric]), "group": tradeoff_group(r),
+                           "y_err": float(err) if finite(err) else None})  # fmt: skip
+    return points
+
+
+def write_tradeoff_plots(directory: str | os.PathLike, rows: list[dict[str, Any]]) -> list[Path]:
+    """L0 vs explained variance and L0 vs validity (with its std as error bars), one colour per
+    `tradeoff_group`; a metric no cell has gives no plot. Returns the paths."""
+    paths = []
+    for metric, (stem, label) in TRADEOFFS.items():
+        points = tradeoff_points(rows, metric)
+        if not points:
+            continue
+        path = Path(directory) / f"{stem}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        plot_tradeoff(points, "l0", metric, path, f"L0 vs {label.split(' (')[0]}", "L0 (active latents per token)", label)
+        paths.append(path)
+    return paths
+
+
+def log_sweep(rows: list[dict[str, Any]], out_dir: str | os.PathLike, project: str | None, name: str | None = None) -> None:
+    """Log a finished sweep to W&B as one run (`formal_sae.tracking`): its result rows as the
+    table ``results`` (the columns of ``results.csv``), the trade-off plots of ``out_dir`` as
+    images, and ``n_cells`` in the summary. One run per sweep rather than per cell: cells train
+    in worker processes and across resumed invocations. Nothing when ``project`` is None."""
+    if project is None:
+        return
+    import wandb
+
+    from formal_sae.tracking import wandb_run
+
+    out = Path(out_dir)
+    columns: list[str] = []
+    for row in rows:
+        columns += [k for k in row if k not in columns]
+    data = [[_table_value(row.get(k)) for k in columns] for row in rows]
+    with wandb_run(project, name=name or out.name, config={"out_dir": out}, job_type="sweep") as run:
+        logged: dict[str, Any] = {"results": wandb.Table(columns=columns, data=data, allow_mixed_types=True)}
+        for stem, _ in TRADEOFFS.values():
+            if (out / TRADEOFF_DIR / f"{stem}.png").is_file():
+                logged[f"plots/{stem}"] = wandb.Image(str(out / TRADEOFF_DIR / f"{stem}.png"))
+        run.log(logged)
+        run.summary["n_cells"] = len(rows)
+
+
+def _table_value(value: Any) -> Any:
+    if isinstance(value, (dict, list, tuple)):
+        return json.dumps(to_jsonable(value), sort_keys=True)
+    return value

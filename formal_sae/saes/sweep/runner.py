@@ -5,13 +5,14 @@ saved so that an interrupted sweep resumes.
   tokens for the longest run (cycled when the train split is smaller) and every cell trains on
   that cache (``train_sae(..., activations=...)``);
 * cells run one after the other, or ``workers`` at a time in forked processes of one torch
-  thread each (CPU only), which inherit the cache without copying it;
+  thread each (CPU only), which inherit the cache without copying it, or as tasks on a Ray
+  cluster (``backend``, `ray_backend`), where this process alone writes the results;
 * each cell's SAE is saved in SAELens's format into ``cells/<id>/``, then evaluated
-  (:class:`SweepEvaluation`) into ``metrics.json``; a cell whose ``metrics.json`` exists is
+  ([`SweepEvaluation`][formal_sae.SweepEvaluation]) into ``metrics.json``; a cell whose ``metrics.json`` exists is
   skipped on the next run (resume);
 * ``grid.json`` records the grid, the evaluation settings, the model and the dataset; a directory
   holding another sweep is refused;
-* the results table and heat maps are rewritten after every cell (:mod:`.results`).
+* the results table and heat maps are rewritten after every cell (`results`).
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ from formal_sae.saes.storage import model_name_of
 from formal_sae.saes.sweep.evaluation import SweepEvaluation
 from formal_sae.saes.sweep.grid import SweepCell, SweepGrid
 from formal_sae.saes.sweep.loading import load_grid
+from formal_sae.saes.sweep.ray_backend import RayBackend, RaySession, remove_incoming, resolve_backend
 from formal_sae.saes.sweep.results import result_row, write_results
 from formal_sae.saes.sweep.workers import Workers, check_workers
 from formal_sae.saes.training import cache_activations, flush_denormals, sae_hook_width, train_sae, train_seconds
@@ -66,22 +68,23 @@ def sweep(
     plots: bool = True,
     workers: int = 1,
     overwrite: bool = False,
+    backend: str | RayBackend = "local",
 ) -> list[dict[str, Any]]:
     """Train, save and evaluate every SAE of a grid on one model, sharing activations.
 
     The sweep is built in ``<out_dir>.in-progress`` and moved to ``out_dir`` when every cell is
-    done (:mod:`formal_sae.outputs`); an interrupted sweep resumes from its finished cells when
+    done (`formal_sae.outputs`); an interrupted sweep resumes from its finished cells when
     run again with the same grid, evaluation, model and data.
 
     Args:
         model: A formal-sae model (``HookedSAETransformer``).
         dataset: Its dataset: ``train`` feeds the SAEs, ``test`` (by default) evaluates them.
-        grid: Anything :func:`~formal_sae.saes.sweep.load_grid` takes: a :class:`SweepGrid`, its
+        grid: Anything [`load_grid`][formal_sae.load_grid] takes: a [`SweepGrid`][formal_sae.SweepGrid], its
             JSON form, a built-in name (``"paper"``, ``"paper-small"``; sized to the model's width)
             or a JSON grid path.
         out_dir: Output directory (see the module docstring for its layout); an existing one is
             refused unless ``overwrite``.
-        evaluation: How each cell is evaluated: a :class:`SweepEvaluation`, or a mapping of some
+        evaluation: How each cell is evaluated: a [`SweepEvaluation`][formal_sae.SweepEvaluation], or a mapping of some
             of its fields (the others keep their defaults); None: the defaults.
         evaluate: False trains and saves the SAEs only (no metrics but the training time).
         resume: Skip the cells an interrupted run finished (False retrains every cell).
@@ -95,6 +98,13 @@ def sweep(
             faster than ``workers=1`` (see the benchmarks page). The results equal those of
             ``workers=1`` under ``torch.set_num_threads(1)`` bitwise; with more threads here
             they differ in the last bits (other thread counts sum in another order).
+        backend: Where cells run: ``"local"`` (this machine: here, or ``workers`` forked
+            processes) or a Ray cluster, ``"ray"`` or a [`RayBackend`][formal_sae.RayBackend] (address, CPUs and
+            GPUs per cell, retries; needs ``pip install formal-sae[ray]``). On Ray each cell is a
+            task, the model, data and cache are put in the object store once, and this process
+            writes every file; the results are those of the local backend (bitwise those of
+            ``workers=1`` under ``torch.set_num_threads(1)`` with one CPU per cell), so a sweep
+            started on one backend resumes on the other.
 
     Returns:
         One row per cell, in grid order: ``cell_id``, the config's fields, ``variant``,
@@ -103,8 +113,10 @@ def sweep(
 
     Raises:
         SAEError: an interrupted sweep of another grid waits in ``<out_dir>.in-progress``, a
-            cell does not fit the model, or a setting is invalid. Nothing is trained in those cases.
-        OutputError: ``out_dir`` exists (see :mod:`formal_sae.outputs`).
+            cell does not fit the model, or a setting is invalid; on Ray also: Ray is not
+            installed, the cluster is unreachable, lacks the resources a cell asks for, or its
+            nodes run another formal-sae or torch version. Nothing is trained in those cases.
+        OutputError: ``out_dir`` exists (see `formal_sae.outputs`).
     """
     grid = load_grid(grid, d_in=model.cfg.d_model)  # a built-in grid is sized for the residual stream
     if not evaluate:
@@ -112,15 +124,20 @@ def sweep(
     elif not isinstance(evaluation, SweepEvaluation):
         evaluation = SweepEvaluation.from_dict(evaluation or {})
     check_workers(workers, model, grid)
+    ray_backend = resolve_backend(backend, workers)
     out = Path(out_dir)
     manifest = _manifest(grid, evaluation, model, dataset)
     check_output(out, "sweep", overwrite)
     if not overwrite:
         _check_manifest(in_progress_path(out), manifest)
     _preflight(model, dataset, grid, evaluation)
-    with output_dir(out, "sweep", manifest, overwrite=overwrite, resumable=True) as work:
+    if ray_backend is None:
+        session = contextlib.nullcontext(_LocalCells(model, dataset, evaluation, workers))
+    else:  # connected and checked before the output folder is made
+        session = RaySession.open(ray_backend, model, dataset, evaluation, grid)
+    with session as cells_runner, output_dir(out, "sweep", manifest, overwrite=overwrite, resumable=True) as work:
         write_json(work / GRID_FILE, manifest)
-        rows = _sweep_into(work, model, dataset, grid, manifest, evaluation, resume, progress, plots, workers)
+        rows = _sweep_into(work, model, dataset, grid, manifest, evaluation, resume, progress, plots, cells_runner)
     return rows
 
 
@@ -215,9 +232,10 @@ def _sweep_into(
     resume: bool,
     progress: bool,
     plots: bool,
-    workers: int,
+    cells_runner: _LocalCells | RaySession,
 ) -> list[dict[str, Any]]:
     """Train what the grid still lacks in ``work``, rewriting the results after every cell; every row."""
+    remove_incoming(work / CELLS_DIR)  # a cell a killed Ray driver was writing: it is redone
     records: dict[str, dict[str, Any]] = {}
     if resume:
         for cell in grid.cells:
@@ -230,18 +248,31 @@ def _sweep_into(
         for hook in dict.fromkeys(c.config.hook_name for c in todo):  # the model runs once per hook
             cells = [c for c in todo if c.config.hook_name == hook]
             acts = cache_activations(model, dataset, hook, max(c.config.training_tokens for c in cells))
-            run = functools.partial(_run_cell, model, dataset, acts, work, evaluation)
-            for record in Workers(run).map(cells, workers):
+            for record in cells_runner.run(cells, acts, work / CELLS_DIR):
                 records[record["cell_id"]] = record
                 rows = [result_row(c, records[c.id]) for c in grid.cells if c.id in records]
                 write_results(work, rows, grid, manifest, plots=False)
                 bar.set_postfix_str(f"last: {record['cell_id']}")
                 bar.update(1)
-            del acts, run
+            del acts
     bar.close()
     rows = [result_row(c, records[c.id]) for c in grid.cells]
     write_results(work, rows, grid, manifest, plots=plots)
     return rows
+
+
+@dataclasses.dataclass
+class _LocalCells:
+    """The local backend: cells run here, or ``workers`` at a time in forked processes (`workers`)."""
+
+    model: Any
+    dataset: Any
+    evaluation: SweepEvaluation | None
+    workers: int
+
+    def run(self, cells: list[SweepCell], acts: torch.Tensor, cells_dir: Path) -> Iterator[dict[str, Any]]:
+        run = functools.partial(_run_cell, self.model, self.dataset, acts, cells_dir.parent, self.evaluation)
+        yield from Workers(run).map(cells, self.workers)
 
 
 def _finished(cell_dir: Path, cell: SweepCell) -> dict[str, Any] | None:
