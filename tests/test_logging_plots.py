@@ -277,6 +277,20 @@ def test_sweep_logged_to_wandb_as_one_run_with_a_table(offline_wandb, tmp_path):
     assert len(wandb_run_files(offline_wandb)) == 1
 
 
+def test_the_sweep_api_logs_the_finished_sweep_when_given_a_project(offline_wandb, model, ds, tmp_path):
+    grid = {
+        "name": "one",
+        "base": {"architecture": "topk", "expansion_factor": 2, "training_tokens": 512, "batch_size_tokens": 128},
+        "cells": [{"id": "k4", "k": 4}],
+    }
+    evaluation = {"n_samples": 4, "repeats": 1, "max_sentences": 10}
+    rows = formal_sae.sweep(model, ds, grid, tmp_path / "sw", evaluation=evaluation, progress=False, wandb_project="fsae-api")
+    (run,) = wandb_run_files(offline_wandb)
+    assert run["project"] == "fsae-api" and run["name"] == "sw" and run["summary"]["n_cells"] == len(rows) == 1
+    formal_sae.sweep(model, ds, grid, tmp_path / "quiet", evaluation=evaluation, progress=False)
+    assert len(wandb_run_files(offline_wandb)) == 1  # no project: no run
+
+
 def test_comparison_bars_have_error_bars_where_repeats_exist(tmp_path):
     comparison = formal_sae.SAEComparison(
         [

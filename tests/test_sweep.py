@@ -149,6 +149,7 @@ def test_sweep_writes_results_heatmaps_and_loadable_saes(swept):
         record = json.loads((d / "metrics.json").read_text())
         assert record["config"] == cell.config.to_dict() and record["train_seconds"] > 0
         assert 0.0 <= record["metrics"]["validity"] <= 1.0
+        assert (d / "latent_density.png").stat().st_size > 0  # beside each evaluated SAE
         sae = SAE.load_from_disk(str(d))
         assert sae.cfg.metadata.hook_name == cell.config.hook_name and sae.cfg.d_sae == 2 * 32
     row = rows[0]

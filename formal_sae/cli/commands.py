@@ -277,8 +277,8 @@ class SweepCommand(Command):
             workers=self.workers,
             overwrite=self.overwrite,
             backend=backend,
+            wandb_project=self.wandb,
         )
-        formal_sae.saes.sweep.results.log_sweep(rows, self.out, self.wandb)  # nothing without --wandb
         valid = [r["validity"] for r in rows if r.get("validity") is not None]
         span = f"validity {min(valid):.3f}-{max(valid):.3f}" if valid else "validity not measured"
         print(f"wrote {self.out}: {len(rows)} SAEs of grid {grid.name!r}; {span}; see results.md")

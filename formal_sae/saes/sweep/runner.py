@@ -39,13 +39,13 @@ from formal_sae.io import canonical, read_json, write_json
 from formal_sae.models import model_fingerprint
 from formal_sae.outputs import check_output, in_progress_path, output_dir
 from formal_sae.saes.config import build_training_sae
-from formal_sae.saes.evaluation import evaluate_sae
+from formal_sae.saes.evaluation import DENSITY_PNG, evaluate_sae, write_latent_density
 from formal_sae.saes.storage import model_name_of
 from formal_sae.saes.sweep.evaluation import SweepEvaluation
 from formal_sae.saes.sweep.grid import SweepCell, SweepGrid
 from formal_sae.saes.sweep.loading import load_grid
 from formal_sae.saes.sweep.ray_backend import RayBackend, RaySession, remove_incoming, resolve_backend
-from formal_sae.saes.sweep.results import result_row, write_results
+from formal_sae.saes.sweep.results import log_sweep, result_row, write_results
 from formal_sae.saes.sweep.workers import Workers, check_workers
 from formal_sae.saes.training import cache_activations, flush_denormals, sae_hook_width, train_sae, train_seconds
 
@@ -69,6 +69,7 @@ def sweep(
     workers: int = 1,
     overwrite: bool = False,
     backend: str | RayBackend = "local",
+    wandb_project: str | None = None,
 ) -> list[dict[str, Any]]:
     """Train, save and evaluate every SAE of a grid on one model, sharing activations.
 
@@ -89,7 +90,8 @@ def sweep(
         evaluate: False trains and saves the SAEs only (no metrics but the training time).
         resume: Skip the cells an interrupted run finished (False retrains every cell).
         progress: Show a progress bar over cells (SAELens's per-SAE bar is hidden).
-        plots: Write the validity heat maps.
+        plots: Write the validity heat maps and trade-off plots (each evaluated cell gets its
+            latent density histogram, ``latent_density.png``, either way).
         overwrite: Replace an existing sweep in ``out_dir`` (only one formal-sae wrote).
         workers: Cells trained and evaluated at once, each in a worker process forked from this
             one with one torch thread (they share the activation cache without copying it;
@@ -105,6 +107,9 @@ def sweep(
             writes every file; the results are those of the local backend (bitwise those of
             ``workers=1`` under ``torch.set_num_threads(1)`` with one CPU per cell), so a sweep
             started on one backend resumes on the other.
+        wandb_project: Log the finished sweep to this W&B project as one run (its results
+            table and trade-off plots; see `log_sweep`); None logs nothing. Not part of the
+            sweep's configuration: a resumed sweep may log or not.
 
     Returns:
         One row per cell, in grid order: ``cell_id``, the config's fields, ``variant``,
@@ -138,6 +143,7 @@ def sweep(
     with session as cells_runner, output_dir(out, "sweep", manifest, overwrite=overwrite, resumable=True) as work:
         write_json(work / GRID_FILE, manifest)
         rows = _sweep_into(work, model, dataset, grid, manifest, evaluation, resume, progress, plots, cells_runner)
+    log_sweep(rows, out, wandb_project)  # after the sweep is in place: its trade-off plots go too
     return rows
 
 
@@ -326,7 +332,8 @@ def _run_cell(
     }
     if evaluation is not None:
         t0 = time.perf_counter()
-        record["metrics"] = evaluate_sae(model, sae, dataset, **evaluation.arguments(cell.config))
-        record["eval_seconds"] = time.perf_counter() - t0
+        metrics = evaluate_sae(model, sae, dataset, **evaluation.arguments(cell.config))
+        record["metrics"], record["eval_seconds"] = metrics, time.perf_counter() - t0
+        write_latent_density(metrics, cell_dir / DENSITY_PNG, f"{cell.id}: {metrics.d_sae} latents ({metrics.n_tokens} tokens)")
     write_json(cell_dir / METRICS_FILE, record)  # written last: marks the cell finished
     return record
