@@ -41,7 +41,8 @@ from formal_sae.grammars import (
     list_grammars,
     load_grammar,
 )
-from formal_sae.hub import model_card, push_model_to_hub, push_sae_to_hub, sae_card
+from formal_sae.hub import push_model_to_hub, push_sae_to_hub
+from formal_sae.hub_cards import model_card, sae_card
 from formal_sae.interventions import (
     FeatureInterventions,
     Intervention,
@@ -82,7 +83,8 @@ from formal_sae.saes.evaluation import SAEMetrics
 from formal_sae.saes.storage import to_inference
 from formal_sae.saes.sweep import CELLS_DIR, RESULTS_JSON, RayBackend, SweepEvaluation, sweep
 from formal_sae.saes.training import sae_hook_width, train_seconds
-from formal_sae.training import METRICS_FILE, TrainConfig, train_model
+from formal_sae.training import METRICS_FILE, train_model
+from formal_sae.training_config import TrainConfig
 from formal_sae.version import __version__
 
 __all__ = [

@@ -8,7 +8,10 @@ artifact directories follow `formal_sae.outputs`. Configs are JSON; weights are 
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
 import dataclasses
+import errno
 import json
 import os
 import re
@@ -31,13 +34,33 @@ def temporary_path(path: str | os.PathLike, kind: str = "tmp") -> Path:
     return path.parent / f".{path.name}.{kind}-{os.getpid()}-{secrets.token_hex(4)}"
 
 
+# Linux renameat2(RENAME_EXCHANGE) swaps two directories in one step; Python's os module has no
+# binding for it. Elsewhere a swap takes two renames (outputs._recover completes an interrupted one).
+_AT_FDCWD, _RENAME_EXCHANGE = -100, 2
+
+
+def exchange(a: Path, b: Path) -> bool:
+    """Atomically swap two existing paths; False where the system cannot."""
+    try:
+        renameat2 = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True).renameat2
+    except (OSError, AttributeError, TypeError):
+        return False
+    if renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP, errno.EPERM):
+        return False
+    raise OSError(err, os.strerror(err), str(a))
+
+
 def atomic_replace(path: str | os.PathLike, write: Callable[[Path], None]) -> None:
     """formal-sae's one way to replace a file or a folder atomically: ``write(tmp)`` builds it under
     a temporary name beside ``path``, then it is renamed into place. A kill leaves the old ``path``
     or the new one, never a half-written one (only the temporary, named by `TEMPORARY_NAME`).
 
-    A folder that already exists is first moved aside, then deleted once the new one is in place
-    (a directory cannot be renamed onto a non-empty one). Whole artifact directories follow
+    A folder that already exists is swapped with the new one in one step (Linux
+    ``renameat2(RENAME_EXCHANGE)``, `exchange`) and then deleted; where the system cannot swap, it
+    is moved aside first (a directory cannot be renamed onto a non-empty one). Whole artifact directories follow
     `formal_sae.outputs` instead."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -45,10 +68,13 @@ def atomic_replace(path: str | os.PathLike, write: Callable[[Path], None]) -> No
     try:
         write(tmp)
         if tmp.is_dir() and path.is_dir():
-            old = temporary_path(path, "old")
-            os.replace(path, old)
-            os.replace(tmp, path)
-            shutil.rmtree(old, ignore_errors=True)
+            if exchange(tmp, path):  # one step: ``path`` is never missing
+                shutil.rmtree(tmp, ignore_errors=True)
+            else:  # elsewhere two renames, with a moment without ``path``
+                old = temporary_path(path, "old")
+                os.replace(path, old)
+                os.replace(tmp, path)
+                shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, path)
     except BaseException:

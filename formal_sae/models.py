@@ -15,6 +15,7 @@ import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -41,7 +42,7 @@ from formal_sae.data import (
 )
 from formal_sae.errors import FormalSAEError, ModelError
 from formal_sae.grammars import Grammar
-from formal_sae.hub_download import local_folder
+from formal_sae.hub_download import MODEL_PATTERNS, local_folder
 from formal_sae.io import read_json, write_json
 from formal_sae.outputs import output_dir
 from formal_sae.records import Record
@@ -125,7 +126,11 @@ class TiedUnembed(Unembed):
 @dataclass(eq=False)
 class TrainingMetrics(Record):
     """What [`train_model`][formal_sae.train_model] measured (``model.formal_sae_metrics``; ``metrics.json`` is its
-    ``to_dict()``). Validity is that of the final model over ``final_validity_repeats`` draws."""
+    ``to_dict()``). Validity is that of the final model over ``final_validity_repeats`` draws.
+    ``stopped_early`` and ``best_val_loss`` are set (and in the JSON) only for runs with the plateau
+    rule (``TrainConfig.plateau_patience``); ``steps`` is then the steps actually trained."""
+
+    _optional: ClassVar[tuple[str, ...]] = ("stopped_early", "best_val_loss")
 
     validity: float
     validity_std: float
@@ -139,6 +144,8 @@ class TrainingMetrics(Record):
     train_seconds_this_run: float  # this process only: a resumed run counts from where it resumed
     real_tokens_per_second_this_run: float
     history: list[dict[str, float]]  # per evaluation: step, train_loss, val_loss, validity, lr
+    stopped_early: bool | None = None  # the plateau rule stopped the run before its maximum steps
+    best_val_loss: float | None = None  # the lowest validation loss of the history (with the plateau rule)
 
 
 class FormalSAEModel(HookedSAETransformer):
@@ -336,7 +343,7 @@ def load_model(directory: str | os.PathLike, device: str = "cpu", revision: str 
     unknown or mistyped config fields, feature declarations or a vocabulary that do not match the
     stored grammar, and weights of other shapes, not finite or absurdly large.
     """
-    directory = local_folder(directory, "model", ModelError, revision)
+    directory = local_folder(directory, "model", ModelError, revision, allow_patterns=MODEL_PATTERNS)
     if not directory.is_dir():
         raise ModelError(f"model directory {directory} does not exist; train one with `formal-sae train-model`")
     path = directory / CONFIG_FILE

@@ -21,9 +21,6 @@ Every artifact (dataset, model, SAE, sweep, report, reproduction) is a directory
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import ctypes.util
-import errno
 import importlib.metadata
 import json
 import os
@@ -34,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from formal_sae.errors import OutputError
-from formal_sae.io import TEMPORARY_NAME, canonical, read_json, write_json
+from formal_sae.io import TEMPORARY_NAME, canonical, exchange, read_json, write_json
 
 #: The marker file in every directory formal-sae writes.
 MARKER_FILE = "formal_sae_artifact.json"
@@ -225,32 +222,13 @@ def _start(out: Path, kind: str, config: Any, overwrite: bool, resumable: bool) 
     return work
 
 
-# Linux renameat2(RENAME_EXCHANGE) swaps two directories in one step; Python's os module has no
-# binding for it. Elsewhere the swap takes two renames and _recover completes an interrupted one.
-_AT_FDCWD, _RENAME_EXCHANGE = -100, 2
-
-
-def _exchange(a: Path, b: Path) -> bool:
-    """Atomically swap two existing paths; False where the system cannot."""
-    try:
-        renameat2 = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True).renameat2
-    except (OSError, AttributeError, TypeError):
-        return False
-    if renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
-        return True
-    err = ctypes.get_errno()
-    if err in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP, errno.EPERM):
-        return False
-    raise OSError(err, os.strerror(err), str(a))
-
-
 def _commit(work: Path, out: Path) -> None:
     """Put the finished ``work`` folder at ``out``, replacing what is there."""
     if not out.exists() or (out.is_dir() and not any(out.iterdir())):
         os.replace(work, out)  # onto nothing or an empty folder: one rename
         return
     replaced = out.parent / f"{out.name}{REPLACED_SUFFIX}"
-    if _exchange(work, out):
+    if exchange(work, out):
         os.replace(work, replaced)  # the previous artifact, out of the in-progress name before it is deleted
     else:
         os.replace(out, replaced)

@@ -41,13 +41,39 @@ from typing import Any
 from formal_sae.errors import FormalSAEError
 from formal_sae.io import to_jsonable
 
+#: Characters W&B refuses in a project name (``wandb.Settings.validate_project``), and its longest name.
+PROJECT_FORBIDDEN = "/\\#?%:"
+PROJECT_MAX_LENGTH = 128
+LOGIN_HINT = "run `wandb login` (or set WANDB_API_KEY), or set WANDB_MODE=offline to log locally and `wandb sync` later"
+
 
 def _wandb():
     try:
         import wandb
-    except ImportError:  # pragma: no cover - wandb is a dependency of SAELens
+    except ImportError:  # wandb is a dependency of SAELens, but may be broken or removed
         raise FormalSAEError("logging to W&B needs the wandb package: pip install wandb") from None
     return wandb
+
+
+def check_project(project: str | None) -> None:
+    """Refuse, before anything runs, a W&B project that W&B would refuse when logging (a
+    non-empty name of at most 128 characters, none of ``/\\#?%:``; an entity goes in
+    ``WANDB_ENTITY``), or any project when wandb does not import. None passes (no logging)."""
+    if project is None:
+        return
+    if not isinstance(project, str) or not project.strip():
+        raise FormalSAEError(f"a W&B project must be a non-empty string, got {project!r}")
+    bad = sorted({c for c in project if c in PROJECT_FORBIDDEN})
+    if bad:
+        raise FormalSAEError(
+            f"W&B project {project!r} contains {' '.join(bad)}, which W&B refuses in a project name"
+            + (" (give the entity in WANDB_ENTITY, not as ENTITY/PROJECT)" if "/" in bad else "")
+        )
+    if len(project) > PROJECT_MAX_LENGTH:
+        raise FormalSAEError(
+            f"W&B project {project[:20]!r}... is {len(project)} characters long; W&B allows {PROJECT_MAX_LENGTH}"
+        )
+    _wandb()
 
 
 @contextlib.contextmanager
@@ -58,23 +84,36 @@ def wandb_run(
 
     An already active run is yielded as it is and left open (its ``project`` is not checked);
     a run started here is finished when the block ends, marked failed if it raised.
+
+    Raises:
+        FormalSAEError: ``project`` is not one W&B takes (`check_project`), wandb does not
+            import, or W&B cannot start the run (not logged in, no network): one line, saying
+            to run ``wandb login`` or set ``WANDB_MODE=offline``.
     """
     if project is None:
         yield None
         return
-    if not project or not isinstance(project, str):
-        raise FormalSAEError(f"a W&B project must be a non-empty string, got {project!r}")
+    check_project(project)
     wandb = _wandb()
     if wandb.run is not None:
         yield wandb.run
         return
-    run = wandb.init(project=project, name=name, job_type=job_type, config=to_jsonable(dict(config or {})))
+    try:
+        run = wandb.init(project=project, name=name, job_type=job_type, config=to_jsonable(dict(config or {})))
+    except Exception as e:  # no API key, no network, a refused entity: W&B's own errors and tracebacks
+        raise FormalSAEError(f"cannot start a W&B run in project {project!r} ({_one_line(e)}): {LOGIN_HINT}") from None
     try:
         yield run
     except BaseException:
         run.finish(exit_code=1)
         raise
     run.finish()
+
+
+def _one_line(e: BaseException) -> str:
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    text = f"{type(e).__name__}: {lines[0]}" if lines else type(e).__name__
+    return text if len(text) < 300 else text[:297] + "..."
 
 
 def log_metrics(run: Any, metrics: Mapping[str, Any], step: int | None = None) -> None:

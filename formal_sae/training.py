@@ -13,19 +13,16 @@ resumable checkpoints, so formal-sae has this loop:
 * next-token cross-entropy over real tokens only; AdamW with weight decay on matrices only;
   linear warm-up then cosine decay; gradient clipping;
 * validation loss and validity every ``eval_every`` steps, shown on the progress bar;
+* optionally, a stop once the validation loss plateaus (``plateau_patience``: see `plateau`);
 * a checkpoint every ``checkpoint_every`` steps; the batch order is a pure function of the seed
   and the step, so ``resume=True`` reaches the same weights as an uninterrupted run.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import math
 import os
 import shutil
 import time
-import warnings
-from dataclasses import dataclass
 from pathlib import Path
 
 import datasets
@@ -34,7 +31,6 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from formal_sae.configs import check_fields
 from formal_sae.data import DatasetMetadata, build_tokenizer, column, dataset_metadata, grammar_of
 from formal_sae.errors import FormalSAEError, ModelError
 from formal_sae.generation import evaluate_validity
@@ -54,97 +50,12 @@ from formal_sae.packing import PackedBatch, pack_sequences, packed_hooks
 from formal_sae.plotting import pyplot
 from formal_sae.seeding import deterministic
 from formal_sae.tracking import log_metrics, log_summary, wandb_run
+from formal_sae.training_config import TrainConfig, lr_at, plateau
 
 CHECKPOINT_DIR = "checkpoint"
 METRICS_FILE = "metrics.json"
 TRAIN_CONFIG_FILE = "train_config.json"
 CURVE_FILE = "training_curve.png"
-
-
-@dataclass
-class TrainConfig:
-    """Optimisation settings. Defaults follow the paper ([The paper: the language models][paper-models]) where it is explicit.
-
-    The paper's schedule (warm-up 200, cosine to 0.9·lr over 1e6 nominal steps, stopped at 70k)
-    keeps the learning rate near its peak; here the cosine ends at ``min_lr_ratio``·lr at ``steps``.
-    """
-
-    steps: int = 2000
-    """optimisation steps"""
-    batch_size: int = 128
-    """sentences per step"""
-    lr: float = 1e-3
-    """peak learning rate (AdamW)"""
-    min_lr_ratio: float = 0.1
-    """final learning rate of the cosine schedule, as a fraction of lr"""
-    warmup_steps: int = 200
-    """steps of linear warm-up (shortened to a tenth of the run if not shorter than it)"""
-    weight_decay: float = 1e-4
-    """AdamW weight decay"""
-    beta1: float = 0.9
-    """AdamW beta1"""
-    beta2: float = 0.95
-    """AdamW beta2"""
-    grad_clip: float = 1.0
-    """gradient-norm clipping"""
-    seed: int = 0
-    """seed of the batch order and of validity sampling (formal-sae train-model also initialises the model with it)"""
-    eval_every: int = 250
-    """steps between validation losses"""
-    checkpoint_every: int = 500
-    """steps between resumable checkpoints"""
-    val_sentences: int = 1024
-    """validation sentences for the validation loss"""
-    validity_samples: int = 128
-    """generated sentences per validity measurement"""
-    final_validity_repeats: int = 5
-    """repeats of the final validity measurement (their spread is validity_std)"""
-    micro_batch_tokens: int = 2048
-    """tokens per forward pass (a step accumulates gradients over micro-batches)"""
-    device: str = "cpu"
-    """cpu, cuda, cuda:N or mps"""
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> TrainConfig:
-        check_fields(cls, d, ModelError)
-        return cls(**d)
-
-    def __post_init__(self) -> None:
-        self.validate()  # a config that exists is a valid one: refused where it is written, not deep in a run
-
-    def validate(self) -> None:
-        """Refuse invalid settings with a [`ModelError`][formal_sae.ModelError] naming the field, its value and the valid
-        range; a warm-up at least as long as the run is shortened to a tenth of it, with a warning
-        (here, so that the saved and resumed configurations hold the value actually used)."""
-        positive = ("steps", "batch_size", "eval_every", "checkpoint_every", "micro_batch_tokens", "validity_samples")
-        for name in (*positive, "val_sentences", "final_validity_repeats"):
-            if getattr(self, name) < 1:
-                raise ModelError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("lr", "grad_clip"):
-            if not getattr(self, name) > 0:  # "not > 0" also refuses NaN
-                raise ModelError(f"{name} must be > 0, got {getattr(self, name)}")
-        if not 0 <= self.min_lr_ratio <= 1:
-            raise ModelError(f"min_lr_ratio must be in [0, 1] (the final learning rate over lr), got {self.min_lr_ratio}")
-        if not self.weight_decay >= 0:
-            raise ModelError(f"weight_decay must be >= 0, got {self.weight_decay}")
-        for name in ("beta1", "beta2"):
-            if not 0 <= getattr(self, name) < 1:
-                raise ModelError(f"{name} must be in [0, 1), got {getattr(self, name)}")
-        if self.warmup_steps < 0:
-            raise ModelError(f"warmup_steps must be >= 0, got {self.warmup_steps}")
-        if self.warmup_steps >= self.steps:  # the learning rate would never reach lr
-            shorter = self.steps // 10
-            warnings.warn(
-                f"warmup_steps={self.warmup_steps} is not shorter than the run (steps={self.steps}), so the learning rate "
-                f"would never reach lr={self.lr}; using warmup_steps={shorter} (a tenth of the run) instead",
-                UserWarning,
-                stacklevel=2,
-            )
-            self.warmup_steps = shorter
-        resolve_device(self.device, available=False)
 
 
 # ----------------------------------------------------------------------------- batching
@@ -202,14 +113,6 @@ def validation_loss(model, sequences: list[list[int]], pad_id: int, max_tokens: 
     packed = pack_sequences(sequences, pad_id, model.cfg.device)
     total = sum(float(next_token_loss(model, chunk)) for chunk in packed.chunks(max_tokens))
     return total / max(packed.n_targets, 1)
-
-
-def lr_at(step: int, cfg: TrainConfig) -> float:
-    """Linear warm-up to ``lr`` over ``warmup_steps``, then cosine decay to ``min_lr_ratio * lr``."""
-    if step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / cfg.warmup_steps
-    progress = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps))
-    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
 def make_optimizer(model, cfg: TrainConfig) -> torch.optim.AdamW:
@@ -421,8 +324,9 @@ def _train_loop(
     bar = tqdm(total=train.steps, initial=start, disable=not progress, desc="train", dynamic_ncols=True)
     real_tokens, t0 = 0, time.perf_counter()
     last = history[-1] if history else {}
+    stopped, _ = plateau(history, train.plateau_patience, train.plateau_min_delta)  # a resumed run that had stopped
     model.train()
-    for step in range(start, train.steps):
+    for step in range(start, train.steps if not stopped else start):
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, train)
         optimizer.zero_grad(set_to_none=True)
@@ -445,6 +349,10 @@ def _train_loop(
             history.append(last)
             _log_evaluation(wb, last)
             model.train()
+            stopped, _ = plateau(history, train.plateau_patience, train.plateau_min_delta)
+        if stopped:  # the last evaluation ended the run: no checkpoint, the weights of this step are final
+            bar.update(1)
+            break
         if work is not None and (done % train.checkpoint_every == 0) and done < train.steps:
             _save_checkpoint(work, model, optimizer, done, history, config, train, meta, running)
         bar.set_postfix(
@@ -463,7 +371,7 @@ def _train_loop(
         validity=final.validity,
         validity_std=final.validity_std,
         val_loss=history[-1]["val_loss"] if history else validation_loss(model, val_seqs, pad_id),
-        steps=train.steps,
+        steps=history[-1]["step"] if stopped else train.steps,
         grammar=meta.grammar,
         preset=config.preset,
         mean_length=final.mean_length,
@@ -472,5 +380,7 @@ def _train_loop(
         train_seconds_this_run=elapsed,
         real_tokens_per_second_this_run=real_tokens / elapsed if elapsed > 0 else float("nan"),
         history=history,
+        stopped_early=None if train.plateau_patience is None else stopped and history[-1]["step"] < train.steps,
+        best_val_loss=None if train.plateau_patience is None else plateau(history, None, train.plateau_min_delta)[1],
     )
     log_summary(wb, {k: v for k, v in model.formal_sae_metrics.to_dict().items() if k != "history"})

@@ -187,6 +187,72 @@ def test_train_sae_cli_puts_test_metrics_in_the_same_wandb_run(model, ds, offlin
     assert (tmp_path / "s" / formal_sae.saes.evaluation.DENSITY_PNG).stat().st_size > 0
 
 
+ONE_CELL_GRID = {
+    "name": "one",
+    "base": {"architecture": "topk", "expansion_factor": 2, "training_tokens": 512, "batch_size_tokens": 128},
+    "cells": [{"id": "k4", "k": 4}],
+}
+
+
+def _no_training(*args, **kwargs):
+    raise AssertionError("nothing may train before the W&B settings are checked")
+
+
+@pytest.mark.parametrize("project", ["me/fsae", "", "fsae?", "a:b", "x" * 129, 3])
+def test_the_sweep_refuses_a_bad_wandb_project_before_training(model, ds, tmp_path, monkeypatch, project):
+    from formal_sae.saes.sweep import cells
+
+    monkeypatch.setattr(cells, "train_sae", _no_training)
+    with pytest.raises(formal_sae.FormalSAEError, match="W&B project"):
+        formal_sae.sweep(model, ds, ONE_CELL_GRID, tmp_path / "sw", progress=False, wandb_project=project)
+    assert not list(tmp_path.iterdir())
+
+
+def test_without_wandb_a_sweep_that_logs_is_refused_before_training(model, ds, tmp_path, monkeypatch):
+    import sys
+
+    from formal_sae.saes.sweep import cells, results
+
+    monkeypatch.setattr(cells, "train_sae", _no_training)
+    monkeypatch.setitem(sys.modules, "wandb", None)  # `import wandb` raises ImportError, as where it is missing
+    with pytest.raises(formal_sae.FormalSAEError, match="needs the wandb package"):
+        formal_sae.sweep(model, ds, ONE_CELL_GRID, tmp_path / "sw", progress=False, wandb_project="fsae")
+    assert not list(tmp_path.iterdir())
+    with pytest.raises(formal_sae.FormalSAEError, match="needs the wandb package"):  # tracking's helper, not a bare import
+        results.log_sweep(sweep_rows(), tmp_path / "sw", "fsae")
+
+
+def _refused_init(*args, **kwargs):
+    import wandb
+
+    raise wandb.errors.UsageError("api_key not configured (no-tty). call wandb.login(key=[your_api_key])")
+
+
+def test_a_wandb_run_that_cannot_start_is_a_one_line_error(model, ds, offline_wandb, tmp_path, monkeypatch, capsys):
+    import wandb
+
+    from formal_sae.cli import main
+    from formal_sae.saes.sweep import results
+    from formal_sae.tracking import wandb_run
+
+    monkeypatch.setattr(wandb, "init", _refused_init)
+    with pytest.raises(formal_sae.FormalSAEError) as refused, wandb_run("fsae"):
+        pass
+    message = str(refused.value)
+    assert "\n" not in message and "api_key not configured" in message
+    assert "run `wandb login`" in message and "WANDB_MODE=offline" in message
+    with pytest.raises(formal_sae.FormalSAEError, match="wandb login"):
+        results.log_sweep(sweep_rows(), tmp_path / "sw", "fsae")
+    formal_sae.save_model(model, tmp_path / "model")
+    ds.save_to_disk(str(tmp_path / "data"))
+    args = ["train-sae", "--model", str(tmp_path / "model"), "--data", str(tmp_path / "data"), "--out", str(tmp_path / "s")]
+    capsys.readouterr()  # the datasets library's progress bars
+    assert main([*args, "--architecture", "topk", "--k", "4", "--wandb", "fsae"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("formal-sae train-sae: error: ") and "wandb login" in err
+    assert "Traceback" not in err
+
+
 # ----------------------------------------------------------------------------- plots
 def test_number_never_prints_nan():
     assert formal_sae.number(float("nan")) == formal_sae.MISSING

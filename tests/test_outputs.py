@@ -168,7 +168,7 @@ def test_replacement_is_atomic_or_recovers(tmp_path, monkeypatch, exchange):
     with output_dir(out, "test", {"v": 1}) as work:
         (work / "v.txt").write_text("1")
     if not exchange:
-        monkeypatch.setattr(outputs_mod, "_exchange", lambda a, b: False)
+        monkeypatch.setattr(outputs_mod, "exchange", lambda a, b: False)
     with output_dir(out, "test", {"v": 2}, overwrite=True) as work:
         (work / "v.txt").write_text("2")
     assert (out / "v.txt").read_text() == "2" and sorted(p.name for p in tmp_path.iterdir()) == ["art"]
@@ -281,3 +281,24 @@ def test_a_kill_while_the_in_progress_folder_is_made_leaves_nothing_that_blocks_
         (work / "x").write_text("done")
     assert (out / "x").read_text() == "done"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["art"]
+
+
+@pytest.mark.parametrize("swap", [True, False])
+def test_a_folder_is_replaced_whole_with_or_without_the_one_step_swap(tmp_path, monkeypatch, swap):
+    """io.atomic_replace on a folder (the LM checkpoint): renameat2's exchange where the system
+    has it, two renames elsewhere; either way the new folder replaces the old and nothing is left beside it."""
+    from formal_sae import io as io_mod
+
+    calls = []
+    real = io_mod.exchange
+
+    def exchange(a, b):
+        calls.append((Path(a).name, Path(b).name))
+        return real(a, b) if swap else False
+
+    monkeypatch.setattr(io_mod, "exchange", exchange)
+    target = tmp_path / "ckpt"
+    for version in ("1", "2"):
+        io_mod.atomic_replace(target, lambda tmp, v=version: (tmp.mkdir(), (tmp / "v.txt").write_text(v)))
+    assert (target / "v.txt").read_text() == "2" and sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]
+    assert len(calls) == 1 and calls[0][1] == "ckpt"  # asked once: only the second write replaces a folder

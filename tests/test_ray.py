@@ -30,9 +30,10 @@ from formal_sae.cli import main
 from formal_sae.errors import SAEError
 from formal_sae.outputs import in_progress_path
 from formal_sae.saes import training as training_mod
-from formal_sae.saes.sweep import RayBackend, SweepGrid, sweep
+from formal_sae.saes.sweep import RayBackend, SweepGrid, ray_backend, sweep
+from formal_sae.saes.sweep import cells as cells_mod
 from formal_sae.saes.sweep import runner as sweep_mod
-from formal_sae.saes.sweep.ray_backend import INCOMING, TASK_PREFIX
+from formal_sae.saes.sweep.ray_backend import INCOMING, REPLACED, TASK_PREFIX, remove_incoming, store_cell
 
 POST, MID = "blocks.0.hook_resid_post", "blocks.0.hook_resid_mid"
 EVAL = {"n_samples": 4, "repeats": 1, "max_sentences": 16, "batch_size": 16}
@@ -156,7 +157,7 @@ def interrupt_local(model, ds, grid, out, after: int, **kwargs) -> None:
         return training_mod.train_sae(*args, **kw)
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(sweep_mod, "train_sae", train_then_stop)
+        mp.setattr(cells_mod, "train_sae", train_then_stop)
         with pytest.raises(KeyboardInterrupt):
             sweep(model, ds, grid, out, progress=False, plots=False, **kwargs)
     assert not out.exists() and in_progress_path(out).is_dir()
@@ -206,13 +207,30 @@ def test_bad_backend_settings_are_refused_before_anything_runs(setup, tmp_path):
     assert not (tmp_path / "o").exists()
 
 
+def test_store_cell_replaces_a_folder_it_cannot_delete_whole(tmp_path, monkeypatch):
+    """An earlier attempt's folder that a delete leaves partly there (a file held open on a network
+    filesystem, a permission) is renamed aside, hidden, not in the new folder's way."""
+    cells = tmp_path / "cells"
+    store_cell(cells, "k4", {"old.bin": b"old", "sub/sae.bin": b"1"})
+    monkeypatch.setattr(ray_backend.shutil, "rmtree", lambda *args, **kwargs: None)  # deletes nothing, quietly
+    final = store_cell(cells, "k4", {"sub/sae.bin": b"2", "metrics.json": b"{}"})
+    assert final == cells / "k4"
+    assert sorted(str(p.relative_to(final)) for p in final.rglob("*") if p.is_file()) == ["metrics.json", "sub/sae.bin"]
+    assert (final / "sub" / "sae.bin").read_bytes() == b"2"
+    (left,) = [p for p in cells.iterdir() if p.name != "k4"]  # the old folder, hidden, for the next run to delete
+    assert left.name.startswith(f".k4{REPLACED}") and (left / "old.bin").read_bytes() == b"old"
+    monkeypatch.undo()
+    remove_incoming(cells)
+    assert [p.name for p in cells.iterdir()] == ["k4"]
+
+
 # ------------------------------------------------------------------------------ on a cluster
 @slow
 def test_ray_gives_the_local_backends_sweep_bitwise(setup, cluster, reference, tmp_path, monkeypatch):
     model, ds = setup
     local_dir, local_rows = reference["tiny"]
-    train = Counter(sweep_mod.train_sae)
-    monkeypatch.setattr(sweep_mod, "train_sae", train)
+    train = Counter(cells_mod.train_sae)
+    monkeypatch.setattr(cells_mod, "train_sae", train)
     rows = sweep(
         model, ds, TINY_GRID, tmp_path / "ray", evaluation=EVAL, progress=False, plots=False, backend=RayBackend(cluster)
     )
@@ -257,6 +275,43 @@ def test_a_worker_killed_mid_cell_is_retried_and_nothing_changes(setup, cluster,
 
 
 @slow
+def test_a_failing_cell_stops_the_sweep_keeping_every_finished_cell(setup, cluster, tmp_path, monkeypatch):
+    """As the local backend keeps the cells its workers finish: cells whose tasks are done when a
+    cell fails are stored, also those the driver has not collected yet (here: all of them, the
+    driver being held up until every task has finished, the failing one first in its order)."""
+    import ray
+
+    model, ds = setup
+    grid = {  # "bad" fails in its task only (its batch is larger than the hook's cache), and goes first (costliest)
+        "name": "one-fails",
+        "base": {**TINY_GRID["base"], "hook_name": POST},
+        "cells": [
+            {"id": "k4", "k": 4},
+            {"id": "bad", "k": 4, "expansion_factor": 4, "batch_size_tokens": 512},
+            {"id": "k8", "k": 8},
+        ],
+    }
+    wait, calls = ray.wait, []
+
+    def busy_driver_wait(refs, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:  # every task finishes before the driver looks at the first
+            wait(refs, num_returns=len(refs), timeout=120)
+        return wait(refs, *args, **kwargs)
+
+    monkeypatch.setattr(ray, "wait", busy_driver_wait)
+    out = tmp_path / "sweep"
+    with pytest.raises(SAEError, match=r"cell bad .*only \d+ activation tokens for a batch of 512"):
+        sweep(model, ds, grid, out, evaluate=False, progress=False, plots=False, backend=RayBackend(cluster))
+    cells = in_progress_path(out) / "cells"
+    stored = sorted(p.name for p in cells.iterdir()) if cells.is_dir() else []
+    assert stored == ["k4", "k8"]
+    for cell in SweepGrid.from_dict(grid).cells:
+        if cell.id != "bad":
+            assert sweep_mod._finished(cells / cell.id, cell) is not None, cell.id  # whole: a resume keeps it
+
+
+@slow
 def test_a_sweep_started_locally_finishes_on_ray(setup, cluster, reference, tmp_path):
     model, ds = setup
     local_dir, local_rows = reference["tiny"]
@@ -290,8 +345,8 @@ def test_a_sweep_started_on_ray_finishes_locally(setup, cluster, reference, tmp_
     work = in_progress_path(out)
     assert not out.exists() and len(list((work / "cells").glob("*/metrics.json"))) == 2
     (work / "cells" / f".{local_rows[0]['cell_id']}{INCOMING}1-dead").mkdir()  # as a driver killed mid-write leaves
-    train = Counter(sweep_mod.train_sae)
-    monkeypatch.setattr(sweep_mod, "train_sae", train)
+    train = Counter(cells_mod.train_sae)
+    monkeypatch.setattr(cells_mod, "train_sae", train)
     rows = sweep(model, ds, TINY_GRID, out, evaluation=EVAL, progress=False, plots=False)
     assert train.calls == 2
     assert without_timings(rows) == without_timings(local_rows)
@@ -337,7 +392,8 @@ def test_nodes_with_other_versions_or_without_formal_sae_are_refused(setup, clus
     path): package metadata of other versions, or a formal_sae that does not import."""
     model, ds = setup
     other = tmp_path / "other-versions"
-    for dist, version in (("formal_sae", "0.0.1"), ("torch", "1.0.0")):
+    others = {"formal_sae": "0.0.1", "torch": "1.0.0", "sae_lens": "0.0.2", "transformer_lens": "0.0.3", "entmax": "0.0.4"}
+    for dist, version in others.items():
         info = other / f"{dist}-{version}.dist-info"
         info.mkdir(parents=True)
         (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist.replace('_', '-')}\nVersion: {version}\n")
@@ -354,8 +410,9 @@ def test_nodes_with_other_versions_or_without_formal_sae_are_refused(setup, clus
     with pytest.raises(SAEError) as refused:
         run(other)
     message = str(refused.value)
-    assert "runs formal-sae 0.0.1, this process " + here["formal_sae"] in message
-    assert "runs torch 1.0.0, this process " + here["torch"] in message
+    for module, dist in ray_backend.CHECKED_PACKAGES:  # the libraries that decide the results too
+        assert f"runs {dist} {others[module]}, this process {here[module]}" in message
+    assert set(others) == {module for module, _ in ray_backend.CHECKED_PACKAGES}
     with pytest.raises(
         SAEError, match=r"cannot import formal_sae \(ImportError: formal_sae is not installed on this node\).*pip install"
     ):

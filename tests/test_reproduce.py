@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -133,7 +134,7 @@ def test_a_finished_run_is_not_overwritten_without_overwrite(tiny_run, monkeypat
 
 
 def test_unknown_scale_or_grammar_is_refused(tmp_path):
-    with pytest.raises(FormalSAEError, match="unknown scale 'huge'; choose one of quick, small, paper"):
+    with pytest.raises(FormalSAEError, match="unknown scale 'huge'; choose one of quick, small, standard, paper"):
         reproduce(tmp_path, "expr", "huge")
     with pytest.raises(FormalSAEError, match=r"not \['expr-postfix'\]"):
         reproduce(tmp_path, "expr-postfix", "quick")
@@ -192,3 +193,158 @@ def test_the_paper_scale_uses_the_papers_sequence_format(tmp_path, monkeypatch):
         stages.run_language("dyck2", tmp_path / "dyck2", SCALES["paper"])
     assert seen["prompt_format"] == "paper" and seen["n_train"] == 1_000_000
     assert {s.prompt_format for name, s in SCALES.items() if name != "paper"} == {"bos"}
+
+
+# ------------------------------------------------------------------------------ the standard scale, estimates, resume
+def test_the_standard_scale_is_the_papers_model_with_its_panels_variants_and_seeds():
+    """Checked without training: the preset, the plateau rule, the grid's contents, the seeds, the workers."""
+    from formal_sae import TrainConfig
+    from formal_sae.reproduce.estimate import estimate_time
+
+    standard = SCALES["standard"]
+    assert list(SCALES) == ["quick", "small", "standard", "paper"]
+    assert standard.preset == "paper" and standard.prompt_format == "bos"
+    assert standard.analysis_seeds >= 3 and standard.causal_seeds >= 3 and standard.workers >= 2
+    train = TrainConfig(steps=max(standard.model_steps.values()), **standard.model_train)  # a valid TrainConfig
+    assert train.plateau_patience is not None and set(standard.model_steps) == {"dyck2", "expr", "english"}
+    rows = [{**c.config.to_dict(), "cell_id": c.id} for c in standard.grid(128).cells]
+    assert len(rows) == 77
+    factors = [stages.factors_of(r) for r in rows]
+    plain = [f for f in factors if f["normalisation"] == "none" and not f["pre_bias"]]
+    for family, values in (("topk", {8, 16, 32, 64, 128}), ("l1", {1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0})):
+        for expansion in (1, 2, 4, 8):  # the paper's panel: every sparsity at every expansion
+            assert {f["sparsity"] for f in plain if f["family"] == family and f["expansion"] == expansion} == values
+    variants = {(f["normalisation"], f["pre_bias"]) for f in factors}
+    assert variants == {("none", False), ("input", False), ("input+recon", False), ("input+dec", True)}
+    for variant in variants - {("none", False)}:  # each variant at expansion 2, both families, TopK k=16 included
+        cells = [f for f in factors if (f["normalisation"], f["pre_bias"]) == variant]
+        assert {f["expansion"] for f in cells} == {2} and len(cells) == 11
+        assert any(f["family"] == "topk" and f["sparsity"] == 16 for f in cells)
+    assert all(r["training_tokens"] == 512_000 and r["batch_size_tokens"] == 1024 for r in rows)
+    assert estimate_time(standard, ["dyck2", "expr", "english"]).total <= 3600  # about an hour on 2 CPU cores
+
+
+def test_every_scale_has_an_estimate_and_paper_on_the_cpu_is_warned_about():
+    from formal_sae.reproduce.estimate import CPU_HOURS_BOUND, STAGES, estimate_time
+
+    totals = {}
+    for name, scale in SCALES.items():
+        estimate = estimate_time(scale, ["dyck2", "expr", "english"])
+        assert set(estimate.seconds) == {"dyck2", "expr", "english"}
+        assert all(set(s) == set(STAGES) and all(v > 0 for v in s.values()) for s in estimate.seconds.values())
+        text = estimate.to_text()
+        assert f"scale {name!r}" in text and "total:" in text and all(stage in text for stage in STAGES)
+        totals[name] = estimate.total
+        assert (estimate.warning() is not None) == (name == "paper"), name
+    assert totals["quick"] < 600 < totals["small"] < totals["standard"] < CPU_HOURS_BOUND * 3600 < totals["paper"]
+    paper = estimate_time(SCALES["paper"], list(SCALES["paper"].model_steps))
+    assert "--device cuda" in paper.warning() and "over 8 hours" in paper.warning()
+    assert estimate_time(SCALES["paper"], ["dyck2", "expr", "english"], device="cuda").warning() is None  # no CPU bound
+
+
+def test_a_resumed_run_with_another_configuration_is_refused_naming_the_difference(tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    monkeypatch.setitem(SCALES, "tiny", TINY)
+
+    class Stop(Exception):
+        pass
+
+    def stop(*args, **kwargs):
+        raise Stop
+
+    monkeypatch.setattr(stages, "train_model", stop)  # interrupted once its data is written
+    with pytest.raises(Stop):
+        reproduce(run, "expr", "tiny")
+    assert in_progress_path(run).is_dir()
+    with pytest.raises(OutputError, match=r"settings\.n_null \(3 -> 4\)"):
+        reproduce(run, "expr", TINY.with_overrides(n_null=4))
+    with pytest.raises(OutputError, match=r"seed \(0 -> 1\)"):
+        reproduce(run, "expr", "tiny", seed=1)
+
+
+def _tiny_paper() -> Scale:
+    """The paper scale shrunk to a test's size, keeping its structure: the paper's sequence format, its
+    causal schedule, its stages."""
+    paper = SCALES["paper"]
+    return paper.with_overrides(
+        name="paper-tiny",
+        n_train=300,
+        n_eval=40,
+        preset="tiny",
+        model_steps={"dyck2": 20, "expr": 20, "english": 20},
+        grid=tiny_grid,
+        sweep_eval=TINY.sweep_eval,
+        analysis_sentences=30,
+        analysis_seeds=2,
+        control_saes=2,
+        intervention_sentences=12,
+        n_null=3,
+        causal_base=dataclasses.replace(paper.causal_base, k=4, batch_size_tokens=128),
+        causal=dataclasses.replace(paper.causal, pretrain_steps=2, steps=2, sentences_per_step=8),
+        causal_seeds=2,
+        validity_samples=4,
+        validity_repeats=2,
+    )
+
+
+def _files(root) -> dict[str, object]:
+    """Every file under ``root``: JSON files parsed, without timings; other files by their size class."""
+    out = {}
+    for path in sorted(root.rglob("*")):
+        if path.is_file():
+            rel = str(path.relative_to(root))
+            out[rel] = _no_timings(json.loads(path.read_text())) if path.suffix == ".json" else None
+    return out
+
+
+def _no_timings(value):
+    if isinstance(value, dict):
+        return {k: _no_timings(v) for k, v in value.items() if "seconds" not in k and "per_second" not in k}
+    if isinstance(value, list):
+        return [_no_timings(v) for v in value]
+    return value
+
+
+def test_a_paper_scale_run_on_the_cpu_resumes_after_a_kill(tmp_path, monkeypatch, capsys):
+    """Started, killed in its last stage (C4) and resumed: no finished stage runs again, and the run
+    ends with the same files and the same JSON results (timings aside) as an uninterrupted one."""
+    from formal_sae.reproduce import estimate
+
+    scale = _tiny_paper()
+    assert scale.prompt_format == "paper" and scale.causal.schedule == "linear"
+    reference = reproduce(tmp_path / "whole", "expr", scale)
+    printed = capsys.readouterr().out
+    assert "estimated time of scale 'paper-tiny'" in printed and "total:" in printed
+
+    class Killed(BaseException):  # like a KeyboardInterrupt: no stage catches it
+        pass
+
+    real_c4 = stages.c4_evidence
+
+    def killed(*args, **kwargs):
+        raise Killed
+
+    monkeypatch.setattr(stages, "c4_evidence", killed)
+    monkeypatch.setattr(estimate, "CPU_HOURS_BOUND", 0.0)  # so that the warning's path runs too
+    run = tmp_path / "run"
+    with pytest.warns(UserWarning, match="over 0 hours"), pytest.raises(Killed):
+        reproduce(run, "expr", scale)
+    work = in_progress_path(run)
+    assert (work / "expr" / "model").is_dir() and (work / "expr" / "sweep").is_dir() and (work / "expr" / "c1_c3.json").is_file()
+    assert not (work / "expr" / "c4.json").exists()
+
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("a finished stage ran again")
+
+    for name in ("generate_dataset", "train_model", "sweep", "train_sae", "probe_features", "feature_interventions"):
+        monkeypatch.setattr(stages, name, must_not_run)
+    monkeypatch.setattr(stages, "c4_evidence", real_c4)
+    with pytest.warns(UserWarning):
+        resumed = reproduce(run, "expr", scale)
+    assert not work.exists()
+    as_json = [json.dumps({k: c.to_dict() for k, c in claims.items()}, sort_keys=True) for claims in (reference, resumed)]
+    assert as_json[0] == as_json[1]
+    whole, again = _files(tmp_path / "whole"), _files(run)
+    assert sorted(whole) == sorted(again)
+    for rel, parsed in whole.items():
+        assert parsed == again[rel], rel

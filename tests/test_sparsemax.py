@@ -116,3 +116,12 @@ def test_the_papers_whole_study_is_828_saes_in_the_authors_sweeps():
     assert all(c.config.lr == 1e-5 and c.config.training_tokens == 5000 * 1024 for c in sparsemax.cells)  # the paper's budget
     shift = [g for g in PAPER_SWEEPS if g.sae_grammar]
     assert [(g.grammar, g.sae_grammar) for g in shift] == [("dyck2", "dyck2-shallow")]  # the distribution-shift sweep
+
+
+def test_runs_saved_before_sparsemax_existed_still_compare_equal():
+    """A config JSON written before the field existed has no "sparsemax" key: an unset field stays out
+    of to_dict, so interrupted sweeps and train-sae runs of older versions resume instead of being refused."""
+    config = SAETrainConfig(architecture="paper", k=16)
+    assert "sparsemax" not in config.to_dict() and SAETrainConfig.from_dict(config.to_dict()) == config
+    with_encoder = SAETrainConfig(architecture="paper", sparsemax="dist")
+    assert with_encoder.to_dict()["sparsemax"] == "dist" and SAETrainConfig.from_dict(with_encoder.to_dict()) == with_encoder

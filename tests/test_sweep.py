@@ -14,7 +14,7 @@ from formal_sae.errors import OutputError, SAEError
 from formal_sae.outputs import in_progress_path
 from formal_sae.saes import training as training_mod
 from formal_sae.saes.sweep import SweepGrid, load_grid, paper_grid, sweep
-from formal_sae.saes.sweep import runner as sweep_mod
+from formal_sae.saes.sweep import cells as cells_mod
 
 POST, MID = "blocks.0.hook_resid_post", "blocks.0.hook_resid_mid"
 EVAL = {"n_samples": 4, "repeats": 1, "max_sentences": 16, "batch_size": 16}
@@ -54,7 +54,7 @@ def interrupt_sweep(model, ds, grid, out, after: int, **kwargs) -> None:
         return training_mod.train_sae(*args, **kw)
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(sweep_mod, "train_sae", train_then_stop)
+        mp.setattr(cells_mod, "train_sae", train_then_stop)
         with pytest.raises(KeyboardInterrupt):
             sweep(model, ds, grid, out, progress=False, **kwargs)
     assert not out.exists() and in_progress_path(out).is_dir()  # a sweep appears whole or not at all
@@ -67,9 +67,9 @@ def swept(setup, tmp_path_factory):
     out = tmp_path_factory.mktemp("sweep")
     with pytest.MonkeyPatch.context() as mp:
         collect = Counter(training_mod.collect_activations)
-        train = Counter(sweep_mod.train_sae)
+        train = Counter(cells_mod.train_sae)
         mp.setattr(training_mod, "collect_activations", collect)
-        mp.setattr(sweep_mod, "train_sae", train)
+        mp.setattr(cells_mod, "train_sae", train)
         rows = sweep(model, ds, TINY_GRID, out, evaluation=EVAL, progress=False)
     return out, rows, collect, train
 
@@ -174,8 +174,8 @@ def test_resume_skips_finished_cells_and_gives_the_same_results(setup, swept, tm
         sweep(model, ds, TINY_GRID, out, evaluation=EVAL, progress=False)
     again_dir = tmp_path / "again"
     interrupt_sweep(model, ds, TINY_GRID, again_dir, after=2, evaluation=EVAL)
-    train = Counter(sweep_mod.train_sae)
-    monkeypatch.setattr(sweep_mod, "train_sae", train)
+    train = Counter(cells_mod.train_sae)
+    monkeypatch.setattr(cells_mod, "train_sae", train)
     again = sweep(model, ds, TINY_GRID, again_dir, evaluation=EVAL, progress=False)
     assert len(train.calls) == 2  # the two cells the interrupted run had not finished
     assert [without_timings(r) for r in again] == [without_timings(r) for r in rows]
@@ -186,8 +186,8 @@ def test_a_different_grid_or_evaluation_is_refused_when_resuming(setup, tmp_path
     model, ds = setup
     out = tmp_path / "sweep"
     interrupt_sweep(model, ds, TINY_GRID, out, after=1, evaluation=EVAL)
-    train = Counter(sweep_mod.train_sae)
-    monkeypatch.setattr(sweep_mod, "train_sae", train)
+    train = Counter(cells_mod.train_sae)
+    monkeypatch.setattr(cells_mod, "train_sae", train)
     other = {**TINY_GRID, "axes": {"hook_name": [POST], "k": [4, 16]}}
     with pytest.raises(SAEError, match=r"holds a different sweep.*cells only here: .*k16.*pass overwrite=True"):
         sweep(model, ds, other, out, evaluation=EVAL, progress=False)
@@ -227,8 +227,8 @@ def test_workers_train_the_same_saes_as_one_process_on_one_thread(setup, tmp_pat
         here = sweep(model, ds, TINY_GRID, tmp_path / "here", evaluation=EVAL, progress=False, plots=False)
     finally:
         torch.set_num_threads(threads)
-    train = Counter(sweep_mod.train_sae)
-    monkeypatch.setattr(sweep_mod, "train_sae", train)
+    train = Counter(cells_mod.train_sae)
+    monkeypatch.setattr(cells_mod, "train_sae", train)
     forked = sweep(model, ds, TINY_GRID, tmp_path / "forked", evaluation=EVAL, progress=False, plots=False, workers=2)
     assert train.calls == []  # every cell ran in a worker process
     assert [without_timings(r) for r in forked] == [without_timings(r) for r in here]
@@ -242,8 +242,8 @@ def test_workers_train_the_same_saes_as_one_process_on_one_thread(setup, tmp_pat
         interrupt_sweep(model, ds, TINY_GRID, tmp_path / "resumed", after=3, evaluation=EVAL, plots=False)
     finally:
         torch.set_num_threads(threads)
-    train = Counter(sweep_mod.train_sae)
-    monkeypatch.setattr(sweep_mod, "train_sae", train)
+    train = Counter(cells_mod.train_sae)
+    monkeypatch.setattr(cells_mod, "train_sae", train)
     again = sweep(model, ds, TINY_GRID, tmp_path / "resumed", evaluation=EVAL, progress=False, plots=False, workers=2)
     assert train.calls == [] and [without_timings(r) for r in again] == [without_timings(r) for r in here]
     a, b = (_saved_state(tmp_path / run / "cells" / here[3]["cell_id"]) for run in ("here", "resumed"))
@@ -272,11 +272,11 @@ def _fail_with_where(*args, **kwargs):
 def test_a_failing_or_dying_worker_is_reported(setup, tmp_path, monkeypatch):
     model, ds = setup
     grid = {**TINY_GRID, "axes": {"k": [4, 8]}}
-    monkeypatch.setattr(sweep_mod, "_run_cell", _fail_with_where)  # forked workers inherit the patch
+    monkeypatch.setattr(cells_mod, "_run_cell", _fail_with_where)  # forked workers inherit the patch
     with pytest.raises(SAEError, match=r"boom in process \d+ on 1 thread\(s\)") as failed:
         sweep(model, ds, grid, tmp_path / "fails", evaluate=False, progress=False, workers=2)
     assert f"process {os.getpid()} " not in str(failed.value)  # raised in a worker, not here
-    monkeypatch.setattr(sweep_mod, "_run_cell", _exit_at_once)
+    monkeypatch.setattr(cells_mod, "_run_cell", _exit_at_once)
     with pytest.raises(
         SAEError, match=r"a sweep worker process died .* running cell .*run the sweep again to resume, with fewer workers"
     ):
@@ -300,3 +300,31 @@ def test_cli_sweep_with_workers_writes_every_cell_and_refuses_bad_workers(setup,
     err = capsys.readouterr().err
     assert err.startswith("formal-sae sweep: error: ") and "workers must be an integer >= 1" in err
     assert not (tmp_path / "bad").exists()
+
+
+def test_load_grid_puts_every_cell_on_the_device():
+    on_cpu = load_grid({**TINY_GRID, "base": {**TINY_GRID["base"], "device": "cuda:1"}}, device="cpu")
+    assert {c.config.device for c in on_cpu.cells} == {"cpu"}
+    for grid in (TINY_GRID, "paper-small"):
+        plain, moved = load_grid(grid, d_in=16), load_grid(grid, d_in=16, device="cuda:1")
+        assert moved.ids == plain.ids and {c.config.device for c in moved.cells} == {"cuda:1"}
+        assert [c.config.to_dict() | {"device": "cpu"} for c in moved.cells] == [c.config.to_dict() for c in plain.cells]
+    with pytest.raises(SAEError, match="device must be a device name"):
+        load_grid(TINY_GRID, device="")
+
+
+def test_cli_sweep_device_reaches_every_cell(setup, tmp_path, monkeypatch):
+    """`formal-sae sweep --device D` trains every cell's SAE on D, not only the model (CUDA is not
+    needed: the model is loaded on the CPU whatever the device, and the sweep is captured)."""
+    model, ds = setup
+    model_dir, data_dir, grid_file = tmp_path / "model", tmp_path / "data", tmp_path / "grid.json"
+    formal_sae.save_model(model, model_dir)
+    formal_sae.save_dataset(ds, data_dir)
+    grid_file.write_text(json.dumps({**TINY_GRID, "base": {**TINY_GRID["base"], "device": "cuda"}}))
+    load_model, swept = formal_sae.load_model, []
+    monkeypatch.setattr(formal_sae, "load_model", lambda path, device: load_model(path, device="cpu"))
+    monkeypatch.setattr(formal_sae, "sweep", lambda model, dataset, grid, out, **kwargs: swept.append(grid) or [])
+    common = ["sweep", "--model", str(model_dir), "--data", str(data_dir), "--out", str(tmp_path / "out")]
+    for grid, device in ((str(grid_file), "cuda:1"), (str(grid_file), "cpu"), ("paper-small", "cuda")):
+        assert main([*common, "--grid", grid, "--device", device]) == 0
+        assert {c.config.device for c in swept[-1].cells} == {device}, (grid, device)

@@ -526,3 +526,78 @@ def test_same_seed_same_weights_with_several_threads(expr_ds):
         torch.set_num_threads(threads)
     assert states_equal(states[0], states[1]) and states_equal(states[0], states[2])
     assert not torch.are_deterministic_algorithms_enabled()  # the setting is restored afterwards
+
+
+# ---------------------------------------------------------------------------- the plateau rule
+def test_plateau_rule_on_histories():
+    from formal_sae.training import plateau
+
+    def h(*losses):
+        return [{"step": i, "val_loss": v} for i, v in enumerate(losses)]
+
+    assert plateau(h(3.0, 2.0, 1.99, 1.995), 2, 0.01) == (True, 1.99)  # 1.99 and 1.995 are within 1% of 2.0
+    assert plateau(h(3.0, 2.0, 1.99, 1.5), 2, 0.01) == (False, 1.5)  # the last one improves: the count restarts
+    assert plateau(h(3.0, 2.0, 1.99), 2, 0.0)[0] is False  # min_delta 0: any decrease improves
+    assert plateau(h(3.0, float("nan"), float("nan")), 2, 0.01)[0] is True  # NaN never improves
+    assert plateau(h(3.0, 3.0, 3.0, 3.0), None, 0.01)[0] is False  # no rule: never
+    assert plateau([], 1, 0.01) == (False, None)
+    for value in (0, -1):
+        with pytest.raises(ModelError, match="plateau_patience must be None or >= 1"):
+            TrainConfig(plateau_patience=value)
+    with pytest.raises(ModelError, match=r"plateau_min_delta must be in \[0, 1\)"):
+        TrainConfig(plateau_patience=2, plateau_min_delta=1.0)
+
+
+def test_without_the_plateau_rule_the_json_is_unchanged(run_a):
+    assert "plateau_patience" not in TrainConfig().to_dict() and "plateau_min_delta" not in TrainConfig().to_dict()
+    assert TrainConfig.from_dict(TrainConfig().to_dict()) == TrainConfig()
+    with_rule = TrainConfig(plateau_patience=3, plateau_min_delta=0.02)
+    assert with_rule.to_dict()["plateau_patience"] == 3 and TrainConfig.from_dict(with_rule.to_dict()) == with_rule
+    _, out = run_a
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert "stopped_early" not in metrics and "best_val_loss" not in metrics
+
+
+def flat_train(**overrides) -> TrainConfig:
+    """A run whose loss cannot move (lr 1e-9): the plateau rule stops it after its third evaluation."""
+    return small_train(**{"steps": 60, "lr": 1e-9, "eval_every": 5, "checkpoint_every": 5, "plateau_patience": 2, **overrides})
+
+
+def test_plateau_rule_stops_a_flat_run_and_not_an_improving_one(expr_ds, tmp_path):
+    flat = train_model(expr_ds, "tiny", flat_train(), out_dir=tmp_path / "flat", progress=False)
+    m = flat.formal_sae_metrics
+    assert [h["step"] for h in m.history] == [5, 10, 15]  # the first evaluation improves, the next two do not
+    assert m.steps == 15 and m.stopped_early is True and m.best_val_loss == min(h["val_loss"] for h in m.history)
+    saved = json.loads((tmp_path / "flat" / "metrics.json").read_text())
+    assert saved["steps"] == 15 and saved["stopped_early"] is True and saved["best_val_loss"] == m.best_val_loss
+    assert not (tmp_path / "flat" / "checkpoint").exists()
+    improving = train_model(expr_ds, "tiny", small_train(plateau_patience=2, plateau_min_delta=0.001), progress=False)
+    m = improving.formal_sae_metrics
+    assert m.steps == 30 and m.stopped_early is False and [h["step"] for h in m.history] == [10, 20, 30]
+    assert [h["val_loss"] for h in m.history] == sorted((h["val_loss"] for h in m.history), reverse=True)
+
+
+def test_a_run_stopped_by_the_plateau_rule_resumes_to_the_same_stop(expr_ds, tmp_path):
+    """Killed at step 12 (after the checkpoint of step 10), then resumed: the same stop, the same weights."""
+    whole = train_model(expr_ds, "tiny", flat_train(), out_dir=tmp_path / "whole", progress=False)
+    out = tmp_path / "killed"
+    real_lr_at = training.lr_at
+
+    def lr_at_then_interrupt(step, cfg):
+        if step == 12:
+            raise KeyboardInterrupt
+        return real_lr_at(step, cfg)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(training, "lr_at", lr_at_then_interrupt)
+        with pytest.raises(KeyboardInterrupt):
+            train_model(expr_ds, "tiny", flat_train(), out_dir=out, progress=False)
+    state = json.loads((in_progress_path(out) / "checkpoint" / "state.json").read_text())
+    assert state["step"] == 10
+    resumed = train_model(expr_ds, "tiny", flat_train(), out_dir=out, resume=True, progress=False)
+    assert states_equal(model_state(whole), model_state(resumed))
+    a = json.loads((tmp_path / "whole" / "metrics.json").read_text())
+    b = json.loads((out / "metrics.json").read_text())
+    for key in ("steps", "stopped_early", "best_val_loss", "history", "validity", "val_loss"):
+        assert a[key] == b[key], key
+    assert b["steps"] == 15

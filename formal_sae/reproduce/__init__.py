@@ -9,7 +9,9 @@ uncertainty ([`evidence`][formal_sae.reproduce.evidence]), judges it
 from its finished stages.
 
 Scales (`scales`): ``quick`` (minutes on a laptop CPU; its verdicts
-may well be mixed, and the report says why), ``small`` and ``paper``.
+may well be mixed, and the report says why), ``small``, ``standard`` (the paper's model, about an
+hour on 2 CPU cores) and ``paper``. Before it starts, ``reproduce`` prints the estimated time of
+each stage (`estimate`) and warns when it exceeds a bound on the CPU.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from pathlib import Path
 
 from formal_sae import FormalSAEError, RayBackend, atomic_write_text, output_dir, to_jsonable, write_json
 from formal_sae.reproduce.claims import ClaimResult, judge
+from formal_sae.reproduce.estimate import announce, estimate_time
 from formal_sae.reproduce.evidence import C1Evidence, C2Evidence, C3Evidence, C4Evidence
 from formal_sae.reproduce.report import report_markdown
 from formal_sae.reproduce.scales import GRAMMARS, SCALES, Scale, get_scale
@@ -27,7 +30,7 @@ from formal_sae.reproduce.stages import run_language, stage
 
 CLAIMS_FILE, REPORT_FILE, RESULTS_FILE = "claims.json", "report.md", "results.json"
 
-__all__ = ["GRAMMARS", "SCALES", "ClaimResult", "Scale", "judge_results", "reproduce"]
+__all__ = ["GRAMMARS", "SCALES", "ClaimResult", "Scale", "estimate_time", "judge_results", "reproduce"]
 
 
 def judge_results(results: dict[str, dict]) -> dict[str, ClaimResult]:
@@ -44,23 +47,41 @@ def reproduce(
     device: str = "cpu",
     overwrite: bool = False,
     backend: str | RayBackend = "local",
+    workers: int | None = None,
 ) -> dict[str, ClaimResult]:
     """Run the whole study and write ``report.md`` and ``claims.json`` into ``out_dir``; returns the claims.
 
     Run again with the same languages, scale and seed, an interrupted run resumes from its
     finished stages. An existing ``out_dir`` is refused unless ``overwrite`` (`formal_sae.outputs`).
     ``backend`` is where the SAE sweeps' cells run ([`sweep`][formal_sae.sweep]'s
-    ``backend``: ``"local"``, ``"ray"`` or a [`RayBackend`][formal_sae.RayBackend]); it changes no
-    result, so a study started on one backend resumes on another.
+    ``backend``: ``"local"``, ``"ray"`` or a [`RayBackend`][formal_sae.RayBackend]); a study started
+    on one backend resumes on another. Its SAEs are bitwise equal across backends only where each
+    cell trains on one torch thread: on Ray with ``num_cpus=1`` (the default), locally in forked
+    workers (a scale's ``workers`` > 1, CPU) or under ``torch.set_num_threads(1)``. Otherwise (the
+    local backend's ``workers=1`` runs cells on all of torch's threads) they differ in the last
+    bits, and a study resumed across backends mixes such SAEs.
+
+    ``workers`` replaces the scale's sweep workers (`Scale.workers`: forked processes on the CPU);
+    like the backend it is not part of the run's configuration.
+
+    Before anything runs it prints the estimated time of each language's stages and their total
+    (`estimate.estimate_time`), with a warning when a CPU run is estimated to take more than
+    `estimate.CPU_HOURS_BOUND` hours.
     """
     scale = get_scale(scale) if isinstance(scale, str) else scale
+    if workers is not None:
+        scale = scale.with_overrides(workers=workers)
     names = list(GRAMMARS) if grammars in ("all", ["all"]) else [grammars] if isinstance(grammars, str) else list(grammars)
     unknown = [g for g in names if g not in GRAMMARS]
     if unknown:
         raise FormalSAEError(f"reproduce covers the paper's grammars {', '.join(GRAMMARS)} (or all), not {unknown}")
-    settings = {f.name: to_jsonable(getattr(scale, f.name)) for f in dataclasses.fields(scale) if f.name not in ("grid", "notes")}
+    # workers change no result (a run resumes with another count); model_train is left out when empty,
+    # so that the configuration of a scale without it reads as it did before the field existed
+    left_out = ("grid", "notes", "workers", *(("model_train",) if not scale.model_train else ()))
+    settings = {f.name: to_jsonable(getattr(scale, f.name)) for f in dataclasses.fields(scale) if f.name not in left_out}
     config = {"grammars": names, "scale": scale.name, "seed": seed, "settings": settings}  # overrides count too
     with output_dir(out_dir, "reproduction", config, overwrite=overwrite, resumable=True) as out:
+        announce(estimate_time(scale, names, device))
         results = {
             g: stage(Path(out) / g / RESULTS_FILE, lambda g=g: run_language(g, Path(out) / g, scale, seed, device, backend))
             for g in names

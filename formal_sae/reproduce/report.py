@@ -8,7 +8,7 @@ from formal_sae import CORRELATIONS_PNG, MISSING, number
 from formal_sae.reproduce.claims import THRESHOLDS, ClaimResult, main_effects, sane
 from formal_sae.reproduce.evidence import C1Evidence, C2Evidence, C3Evidence, C4Evidence
 from formal_sae.reproduce.scales import Scale
-from formal_sae.reproduce.stages import ANALYSIS_DIR, PROBES_DIR, PROBES_PNG
+from formal_sae.reproduce.stages import ANALYSIS_DIR, PROBES_DIR, PROBES_MD, PROBES_PNG
 
 
 def _cell(text: str) -> str:
@@ -80,7 +80,15 @@ def _c1(ev: C1Evidence, g: str) -> list[str]:
             f"| `{f.feature}` | {f.role} | {f.latent} | {number(f.abs_rho)} [{number(f.abs_rho_ci[0])}, {number(f.abs_rho_ci[1])}] | "
             f"{number(f.f1)} | {number(f.control_abs_rho)} | {number(f.probe, 2)} | {number(f.probe_embed, 2)} |"
         )
-    return [*lines, "", f"![correlations]({g}/{ANALYSIS_DIR}/{CORRELATIONS_PNG}) ![probes]({g}/{PROBES_DIR}/{PROBES_PNG})"]
+    return [
+        *lines,
+        "",
+        f"Probe columns: the best hook's linear probe (the ceiling a latent is read against) and the same probe on the "
+        f"token embedding (the control: decodable there means present in the token). Every hook: [{g}/{PROBES_DIR}/{PROBES_MD}]"
+        f"({g}/{PROBES_DIR}/{PROBES_MD}).",
+        "",
+        f"![correlations]({g}/{ANALYSIS_DIR}/{CORRELATIONS_PNG}) ![probes]({g}/{PROBES_DIR}/{PROBES_PNG})",
+    ]
 
 
 def _c2(ev: C2Evidence) -> list[str]:

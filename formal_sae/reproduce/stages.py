@@ -114,13 +114,16 @@ def run_language(
             steps=steps, lr=scale.model_lr, seed=seed, device=device, eval_every=max(1, steps // 4),
             warmup_steps=min(200, steps // 10), checkpoint_every=max(1, steps // 4),
             validity_samples=scale.validity_samples, final_validity_repeats=scale.validity_repeats,
+            **scale.model_train,
         )  # fmt: skip
         train_model(dataset, ModelConfig.from_preset(scale.preset, seed=seed), train, out_dir=out / MODEL_DIR)
     model, model_metrics = load_model(out / MODEL_DIR, device=device), read_json(out / MODEL_DIR / METRICS_FILE)
     if (out / SWEEP_DIR).exists():
         rows = read_json(out / SWEEP_DIR / RESULTS_JSON, what="sweep results")
     else:
-        rows = sweep(model, dataset, scale.grid(model.cfg.d_model), out / SWEEP_DIR, evaluation=scale.sweep_eval, backend=backend)
+        workers = scale.workers if device == "cpu" and backend == "local" else 1  # forked workers: local CPU only
+        rows = sweep(model, dataset, scale.grid(model.cfg.d_model).on_device(device), out / SWEEP_DIR, evaluation=scale.sweep_eval, backend=backend,
+                     workers=workers)  # fmt: skip
     c2 = guarded(
         lambda: stage(
             out / "c2.json", lambda: c2_evidence(grammar, model, dataset, rows, out, scale, model_metrics["validity"]).to_dict()

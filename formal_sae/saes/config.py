@@ -28,6 +28,10 @@ def architectures() -> list[str]:
     return [PAPER, *(a for a in SAE_TRAINING_CLASS_REGISTRY if a != paper.ARCHITECTURE)]
 
 
+#: Fields added after SAE runs were first saved: left out of ``to_dict`` while unset (see there).
+_ADDED_LATER = ("sparsemax",)
+
+
 @dataclass
 class SAETrainConfig:
     """Everything that defines an SAE training run (saved as JSON next to the SAE).
@@ -85,7 +89,11 @@ class SAETrainConfig:
     """any other field of the SAELens training config, as JSON (e.g. '{"l1_warm_up_steps": 10}')"""
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        d = dataclasses.asdict(self)
+        for name in _ADDED_LATER:  # unset, a field added after runs were saved stays out of their JSON,
+            if d[name] is None:  # so those runs still compare equal and resume (from_dict fills it in)
+                del d[name]
+        return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> SAETrainConfig:

@@ -4,8 +4,9 @@
 * `paper`: the paper's grid as data, [`paper_grid`][formal_sae.paper_grid];
 * `evaluation`: [`SweepEvaluation`][formal_sae.SweepEvaluation], how each cell is evaluated;
 * `runner`: [`sweep`][formal_sae.sweep], which trains every cell into ``out_dir/cells/<id>/``, resumably;
+* `cells`: one cell trained, saved and evaluated into its folder, the same on every backend;
 * `workers` and `ray_backend`: where cells run (forked processes here, or
-  [`RayBackend`][formal_sae.RayBackend]: tasks on a Ray cluster);
+  [`RayBackend`][formal_sae.RayBackend]: tasks on a Ray cluster, which `ray_cluster` connects to and checks);
 * `results`: the result rows, ``results.csv``/``.json``/``.md`` and the validity heat maps
   (drawn by `formal_sae.plotting`).
 

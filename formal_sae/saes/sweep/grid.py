@@ -115,6 +115,14 @@ class SweepGrid:
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "cells": [c.to_dict() for c in self.cells]}
 
+    def on_device(self, device: str) -> SweepGrid:
+        """This grid with every cell's SAE trained on ``device`` (cpu, cuda, cuda:N or mps); the
+        ids stay, and so does the experiment (a sweep resumes on another device)."""
+        if not isinstance(device, str) or not device:
+            raise SAEError(f"device must be a device name such as 'cpu' or 'cuda:0', got {device!r}")
+        cells = [SweepCell(c.id, dataclasses.replace(c.config, device=device)) for c in self.cells]
+        return SweepGrid(self.name, cells)
+
     def save(self, path: str | os.PathLike) -> Path:
         write_json(path, self.to_dict())
         return Path(path)

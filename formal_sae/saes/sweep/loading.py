@@ -15,7 +15,11 @@ from formal_sae.saes.sweep.paper import BUILT_IN_GRIDS, built_in_grid
 
 
 def load_grid(
-    grid: SweepGrid | Mapping[str, Any] | str | os.PathLike, *, scale: str | None = None, d_in: int | None = None
+    grid: SweepGrid | Mapping[str, Any] | str | os.PathLike,
+    *,
+    scale: str | None = None,
+    d_in: int | None = None,
+    device: str | None = None,
 ) -> SweepGrid:
     """A [`SweepGrid`][formal_sae.SweepGrid] from a grid, a mapping (`SweepGrid.from_dict`), a built-in name
     or the path of a JSON grid file.
@@ -24,17 +28,20 @@ def load_grid(
     grid, at the paper's scale unless ``scale`` says otherwise) and ``"paper-small"`` (the same
     cells at scale ``small``), sized for a hook of width ``d_in`` (default 128, the paper model's):
     TopK cells with k > d_in x expansion factor are left out. ``scale`` applies to built-in grids
-    only; ``d_in`` is ignored by the others.
+    only; ``d_in`` is ignored by the others. ``device``: every cell's SAE trains there
+    ([`SweepGrid.on_device`][formal_sae.saes.sweep.grid.SweepGrid.on_device], replacing the device the
+    grid gives); None keeps the grid's (a built-in grid's is ``cpu``).
     """
     if isinstance(grid, (str, os.PathLike)) and str(grid) in BUILT_IN_GRIDS:
-        return built_in_grid(str(grid), scale=scale, d_in=d_in)
-    if isinstance(grid, (SweepGrid, Mapping)):
-        loaded, source = (grid if isinstance(grid, SweepGrid) else SweepGrid.from_dict(grid)), "a grid object"
+        loaded = built_in_grid(str(grid), scale=scale, d_in=d_in)
     else:
-        loaded, source = _read_grid_file(Path(str(grid))), f"the grid file {grid}"
-    if scale is not None:
-        raise SAEError(f"scale applies to the built-in paper grid only, not to {source}")
-    return loaded
+        if isinstance(grid, (SweepGrid, Mapping)):
+            loaded, source = (grid if isinstance(grid, SweepGrid) else SweepGrid.from_dict(grid)), "a grid object"
+        else:
+            loaded, source = _read_grid_file(Path(str(grid))), f"the grid file {grid}"
+        if scale is not None:
+            raise SAEError(f"scale applies to the built-in paper grid only, not to {source}")
+    return loaded if device is None else loaded.on_device(device)
 
 
 def _read_grid_file(path: Path) -> SweepGrid:

@@ -244,9 +244,9 @@ def log_sweep(rows: list[dict[str, Any]], out_dir: str | os.PathLike, project: s
     in worker processes and across resumed invocations. Nothing when ``project`` is None."""
     if project is None:
         return
-    import wandb
+    from formal_sae.tracking import _wandb, wandb_run
 
-    from formal_sae.tracking import wandb_run
+    wandb = _wandb()
 
     out = Path(out_dir)
     columns: list[str] = []

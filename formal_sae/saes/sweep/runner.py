@@ -21,8 +21,6 @@ import contextlib
 import dataclasses
 import functools
 import os
-import shutil
-import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -39,19 +37,20 @@ from formal_sae.io import canonical, read_json, write_json
 from formal_sae.models import model_fingerprint
 from formal_sae.outputs import check_output, in_progress_path, output_dir
 from formal_sae.saes.config import build_training_sae
-from formal_sae.saes.evaluation import DENSITY_PNG, evaluate_sae, write_latent_density
 from formal_sae.saes.storage import model_name_of
+from formal_sae.saes.sweep import cells as cell_module
+from formal_sae.saes.sweep.cells import CELLS_DIR, METRICS_FILE, _quiet_saelens_progress
+from formal_sae.saes.sweep.cells import _run_cell as _run_cell  # re-exported; patch it in `cells`
 from formal_sae.saes.sweep.evaluation import SweepEvaluation
 from formal_sae.saes.sweep.grid import SweepCell, SweepGrid
 from formal_sae.saes.sweep.loading import load_grid
 from formal_sae.saes.sweep.ray_backend import RayBackend, RaySession, remove_incoming, resolve_backend
 from formal_sae.saes.sweep.results import log_sweep, result_row, write_results
 from formal_sae.saes.sweep.workers import Workers, check_workers
-from formal_sae.saes.training import cache_activations, flush_denormals, sae_hook_width, train_sae, train_seconds
+from formal_sae.saes.training import cache_activations, flush_denormals, sae_hook_width
+from formal_sae.tracking import check_project
 
 GRID_FILE = "grid.json"
-CELLS_DIR = "cells"
-METRICS_FILE = "metrics.json"
 MANIFEST_FORMAT = "formal-sae-sweep/1"
 
 
@@ -108,8 +107,10 @@ def sweep(
             ``workers=1`` under ``torch.set_num_threads(1)`` with one CPU per cell), so a sweep
             started on one backend resumes on the other.
         wandb_project: Log the finished sweep to this W&B project as one run (its results
-            table and trade-off plots; see `log_sweep`); None logs nothing. Not part of the
-            sweep's configuration: a resumed sweep may log or not.
+            table and trade-off plots; see `log_sweep`); None logs nothing. Checked before
+            anything trains (a name W&B takes, wandb importable); W&B itself is reached only
+            when the sweep is done. Not part of the sweep's configuration: a resumed sweep may
+            log or not.
 
     Returns:
         One row per cell, in grid order: ``cell_id``, the config's fields, ``variant``,
@@ -120,9 +121,13 @@ def sweep(
         SAEError: an interrupted sweep of another grid waits in ``<out_dir>.in-progress``, a
             cell does not fit the model, or a setting is invalid; on Ray also: Ray is not
             installed, the cluster is unreachable, lacks the resources a cell asks for, or its
-            nodes run another formal-sae or torch version. Nothing is trained in those cases.
+            nodes run other versions of formal-sae or of the libraries that decide the results
+            (`ray_backend.CHECKED_PACKAGES`). Nothing is trained in those cases.
+        FormalSAEError: ``wandb_project`` is not a project name W&B takes, or wandb does not
+            import (before anything trains); W&B cannot start the finished sweep's run (after).
         OutputError: ``out_dir`` exists (see `formal_sae.outputs`).
     """
+    check_project(wandb_project)  # the run starts after the sweep: a bad project must not wait hours
     grid = load_grid(grid, d_in=model.cfg.d_model)  # a built-in grid is sized for the residual stream
     if not evaluate:
         evaluation = None
@@ -277,7 +282,8 @@ class _LocalCells:
     workers: int
 
     def run(self, cells: list[SweepCell], acts: torch.Tensor, cells_dir: Path) -> Iterator[dict[str, Any]]:
-        run = functools.partial(_run_cell, self.model, self.dataset, acts, cells_dir.parent, self.evaluation)
+        # looked up in `cells` at each run: a test's patch there reaches here and the forked workers
+        run = functools.partial(cell_module._run_cell, self.model, self.dataset, acts, cells_dir.parent, self.evaluation)
         yield from Workers(run).map(cells, self.workers)
 
 
@@ -294,46 +300,4 @@ def _finished(cell_dir: Path, cell: SweepCell) -> dict[str, Any] | None:
         _comparable(cell.config.to_dict())
     ):
         return None
-    return record
-
-
-@contextlib.contextmanager
-def _quiet_saelens_progress() -> Iterator[None]:
-    """Hide SAELens's per-SAE training bar while the sweep shows one bar over cells."""
-    from sae_lens.training import sae_trainer
-
-    original = sae_trainer.tqdm
-    sae_trainer.tqdm = functools.partial(original, disable=True)
-    try:
-        yield
-    finally:
-        sae_trainer.tqdm = original
-
-
-def _run_cell(
-    model, dataset, acts: torch.Tensor, out: Path, evaluation: SweepEvaluation | None, cell: SweepCell
-) -> dict[str, Any]:
-    """Train, save and (if ``evaluation``) evaluate one cell into ``out/cells/<id>``; its record."""
-    cell_dir = out / CELLS_DIR / cell.id
-    t0 = time.perf_counter()
-    # A cell is redone whole (no checkpoints: cells are short). Whatever an interrupted attempt
-    # left in its folder (an SAE without metrics, a damaged metrics.json) is the sweep's own.
-    shutil.rmtree(cell_dir, ignore_errors=True)
-    sae = train_sae(model, dataset, cell.config, activations=acts, out_dir=cell_dir, n_checkpoints=0)
-    train_wall = time.perf_counter() - t0
-    seconds = train_seconds(sae)
-    record: dict[str, Any] = {
-        "cell_id": cell.id,
-        "config": cell.config.to_dict(),
-        "train_seconds": train_wall if seconds is None else float(seconds),
-        "train_wall_seconds": train_wall,
-        "eval_seconds": None,
-        "metrics": None,
-    }
-    if evaluation is not None:
-        t0 = time.perf_counter()
-        metrics = evaluate_sae(model, sae, dataset, **evaluation.arguments(cell.config))
-        record["metrics"], record["eval_seconds"] = metrics, time.perf_counter() - t0
-        write_latent_density(metrics, cell_dir / DENSITY_PNG, f"{cell.id}: {metrics.d_sae} latents ({metrics.n_tokens} tokens)")
-    write_json(cell_dir / METRICS_FILE, record)  # written last: marks the cell finished
     return record
