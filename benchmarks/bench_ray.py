@@ -21,24 +21,15 @@ this machine. Usage: ``python benchmarks/bench_ray.py [--cells 12] [--repeats 2]
 
 from __future__ import annotations
 
-import os
-
-os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # read when ray is imported
-
 import argparse
-import contextlib
-import logging
+import os
 import pickle
 import shutil
-import socket
-import subprocess
-import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
 
-import ray
 import torch
 from common import log, machine
 
@@ -46,34 +37,10 @@ import formal_sae
 from formal_sae.saes.sweep import RayBackend, SweepGrid, sweep
 from formal_sae.saes.sweep.evaluation import SweepEvaluation
 from formal_sae.saes.sweep.ray_backend import _model_files, _portable_dataset
+from formal_sae.saes.sweep.ray_cluster import local_cluster
 
 TARGET = 0.9  # Ray's wall clock >= 0.9x the local workers' speed
 HOOK = "blocks.0.hook_resid_post"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@contextlib.contextmanager
-def local_cluster(cpus: int = 2):
-    ray_cli = str(Path(sys.executable).parent / "ray")
-    port, cwd = free_port(), tempfile.mkdtemp(prefix="bench-ray-")
-    start = [ray_cli, "start", "--head", "--port", str(port), "--num-cpus", str(cpus), "--include-dashboard=false"]
-    subprocess.run([*start, "--disable-usage-stats", "--node-ip-address", "127.0.0.1"], cwd=cwd, check=True, capture_output=True)
-    here = os.getcwd()
-    try:
-        os.chdir(cwd)
-        ray.init(address=f"127.0.0.1:{port}", logging_level=logging.WARNING, log_to_driver=False)
-        os.chdir(here)
-        yield f"127.0.0.1:{port}"
-    finally:
-        os.chdir(here)
-        ray.shutdown()
-        subprocess.run([ray_cli, "stop", "--force"], cwd=cwd, capture_output=True)
-        shutil.rmtree(cwd, ignore_errors=True)
 
 
 def grid(name: str, n: int, tokens: int, batch: int) -> SweepGrid:
@@ -135,38 +102,23 @@ def main() -> None:
     trivial = grid("trivial", args.trivial_cells, 64, 64)
     runs = iter(range(10**6))
 
-    def local(g, evaluate=True) -> float:
+    def timed_sweep(g, evaluate=True, **where) -> float:  # where: workers=2 (local) or backend=RayBackend(...)
         return timed(
             lambda: sweep(
-                model,
-                ds,
-                g,
-                work / f"run{next(runs)}",
-                evaluation=evaluation,
-                evaluate=evaluate,
-                progress=False,
-                plots=False,
-                workers=2,
+                model, ds, g, work / f"run{next(runs)}", evaluation=evaluation, evaluate=evaluate, progress=False,
+                plots=False, **where,
             )
-        )
+        )  # fmt: skip
+
+    def local(g, evaluate=True) -> float:
+        return timed_sweep(g, evaluate, workers=2)
 
     def on_ray(g, address, evaluate=True) -> float:
-        backend = RayBackend(address)
-        return timed(
-            lambda: sweep(
-                model,
-                ds,
-                g,
-                work / f"run{next(runs)}",
-                evaluation=evaluation,
-                evaluate=evaluate,
-                progress=False,
-                plots=False,
-                backend=backend,
-            )
-        )
+        return timed_sweep(g, evaluate, backend=RayBackend(address))
 
-    with local_cluster(2) as address:
+    with local_cluster(2) as address:  # loopback only; sets what ray reads at import before importing it
+        import ray
+
         log("cold Ray sweep (workers start) ...")
         cold = on_ray(trivial, address, evaluate=False)
         local_times, ray_times = [], []

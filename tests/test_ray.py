@@ -10,12 +10,11 @@ separate step, one process (``pytest -m slow tests/test_ray.py``), not in the xd
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import json
-import logging
 import os
 import signal
 import socket
-import subprocess
 import sys
 import threading
 import time
@@ -24,16 +23,17 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from sweep_helpers import interrupt_sweep
 
 import formal_sae
 from formal_sae.cli import main
 from formal_sae.errors import SAEError
 from formal_sae.outputs import in_progress_path
-from formal_sae.saes import training as training_mod
 from formal_sae.saes.sweep import RayBackend, SweepGrid, ray_backend, sweep
 from formal_sae.saes.sweep import cells as cells_mod
 from formal_sae.saes.sweep import runner as sweep_mod
 from formal_sae.saes.sweep.ray_backend import INCOMING, REPLACED, TASK_PREFIX, remove_incoming, store_cell
+from formal_sae.saes.sweep.ray_cluster import local_cluster
 
 POST, MID = "blocks.0.hook_resid_post", "blocks.0.hook_resid_mid"
 EVAL = {"n_samples": 4, "repeats": 1, "max_sentences": 16, "batch_size": 16}
@@ -47,7 +47,6 @@ LONG_GRID = {**TINY_GRID, "name": "long", "base": {**TINY_GRID["base"], "trainin
 TIMINGS = ("train_seconds", "train_wall_seconds", "eval_seconds")
 #: Files whose content holds timings (everything else of a sweep must be byte for byte the same).
 TIMED_FILES = ("metrics.json", "results.json", "results.csv", "results.md")
-ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}  # keeps the head, raylets and workers on 127.0.0.1
 
 slow = pytest.mark.slow
 
@@ -62,47 +61,13 @@ def setup():
     return model, ds
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
     """A local Ray cluster (head, 2 CPUs, loopback only), this process connected to it; stopped after."""
-    saved = {k: os.environ.get(k) for k in ENV}
-    os.environ.update(ENV)  # read when ray is imported: before that
-    ray = pytest.importorskip("ray")
-    from ray._private import ray_constants
-
-    loopback_only, ray_constants.ENABLE_RAY_CLUSTER = ray_constants.ENABLE_RAY_CLUSTER, False  # if imported before
-    port, cwd = _free_port(), tmp_path_factory.mktemp("ray-cwd")
-    ray_cli = str(Path(sys.executable).parent / "ray")
-    env = {**os.environ, **ENV}
-    start = [ray_cli, "start", "--head", "--port", str(port), "--num-cpus", "2", "--include-dashboard=false"]
-    start += ["--disable-usage-stats", "--node-ip-address", "127.0.0.1"]
-    here = Path.cwd()
-    try:
-        subprocess.run(start, env=env, cwd=cwd, check=True, capture_output=True, timeout=180)
-        # connected from a folder of its own: Ray puts the driver's working directory on the workers'
-        # sys.path, and this repository's would shadow the runtime environments of the version tests
-        os.chdir(cwd)
-        try:
-            ray.init(address=f"127.0.0.1:{port}", logging_level=logging.WARNING, log_to_driver=False)
-        finally:
-            os.chdir(here)
-        yield f"127.0.0.1:{port}"
-    finally:
-        with contextlib.suppress(Exception):
-            ray.shutdown()
-        subprocess.run([ray_cli, "stop", "--force"], env=env, cwd=cwd, capture_output=True, timeout=180)
-        ray_constants.ENABLE_RAY_CLUSTER = loopback_only
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+    if importlib.util.find_spec("ray") is None:  # not importorskip: ray must not be imported before local_cluster
+        pytest.skip("ray is not installed")
+    with local_cluster(2, tmp_path_factory.mktemp("ray-cwd")) as address:
+        yield address
 
 
 @pytest.fixture(scope="module")
@@ -144,23 +109,6 @@ class Counter:
     def __call__(self, *args, **kwargs):
         self.calls += 1
         return self.fn(*args, **kwargs)
-
-
-def interrupt_local(model, ds, grid, out, after: int, **kwargs) -> None:
-    """A local sweep interrupted (KeyboardInterrupt) when its cell number ``after`` + 1 starts."""
-    calls = []
-
-    def train_then_stop(*args, **kw):
-        calls.append(1)
-        if len(calls) > after:
-            raise KeyboardInterrupt
-        return training_mod.train_sae(*args, **kw)
-
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(cells_mod, "train_sae", train_then_stop)
-        with pytest.raises(KeyboardInterrupt):
-            sweep(model, ds, grid, out, progress=False, plots=False, **kwargs)
-    assert not out.exists() and in_progress_path(out).is_dir()
 
 
 def cell_processes(cell_id: str = "") -> list[int]:
@@ -316,7 +264,7 @@ def test_a_sweep_started_locally_finishes_on_ray(setup, cluster, reference, tmp_
     model, ds = setup
     local_dir, local_rows = reference["tiny"]
     out = tmp_path / "sweep"
-    interrupt_local(model, ds, TINY_GRID, out, after=2, evaluation=EVAL)
+    interrupt_sweep(model, ds, TINY_GRID, out, after=2, evaluation=EVAL, plots=False)
     done = {p.parent.name: p.read_bytes() for p in (in_progress_path(out) / "cells").glob("*/metrics.json")}
     assert len(done) == 2
     rows = sweep(model, ds, TINY_GRID, out, evaluation=EVAL, progress=False, plots=False, backend=RayBackend(cluster))
@@ -427,7 +375,9 @@ def test_an_unreachable_cluster_is_refused_in_seconds(setup, cluster, tmp_path):
 
     model, ds = setup
     ray.shutdown()
-    address = f"127.0.0.1:{_free_port()}"
+    with socket.socket() as s:  # a free port: nothing listens there
+        s.bind(("127.0.0.1", 0))
+        address = f"127.0.0.1:{s.getsockname()[1]}"
     t0 = time.perf_counter()
     with pytest.raises(SAEError, match=rf"cannot reach the Ray cluster at {address} .*ray start --head"):
         sweep(model, ds, TINY_GRID, tmp_path / "out", evaluate=False, progress=False, backend=RayBackend(address))

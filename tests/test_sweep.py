@@ -7,6 +7,7 @@ import pytest
 import torch
 from sae_lens import SAE
 from safetensors.torch import load_file
+from sweep_helpers import interrupt_sweep
 
 import formal_sae
 from formal_sae.cli import main
@@ -41,23 +42,6 @@ class Counter:
     def __call__(self, *args, **kwargs):
         self.calls.append((args, kwargs))
         return self.fn(*args, **kwargs)
-
-
-def interrupt_sweep(model, ds, grid, out, after: int, **kwargs) -> None:
-    """Run a sweep that is interrupted (KeyboardInterrupt) when its cell number ``after`` + 1 starts."""
-    calls = []
-
-    def train_then_stop(*args, **kw):
-        calls.append(1)
-        if len(calls) > after:
-            raise KeyboardInterrupt
-        return training_mod.train_sae(*args, **kw)
-
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(cells_mod, "train_sae", train_then_stop)
-        with pytest.raises(KeyboardInterrupt):
-            sweep(model, ds, grid, out, progress=False, **kwargs)
-    assert not out.exists() and in_progress_path(out).is_dir()  # a sweep appears whole or not at all
 
 
 @pytest.fixture(scope="module")

@@ -11,14 +11,22 @@ checking that it can run the sweep (`ray_backend` runs the cells).
   of formal-sae and of the libraries that decide the results (`CHECKED_PACKAGES`).
 
 Ray is optional (``pip install formal-sae[ray]``): `import_ray` imports it when a sweep asks for it.
+`local_cluster` starts a loopback-only cluster on this machine (the tests' and benchmarks').
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import shutil
 import socket
-from collections.abc import Mapping
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from formal_sae.errors import SAEError
@@ -104,6 +112,58 @@ def import_ray():
 def cluster_name(address: str | None) -> str:
     """The cluster as error messages name it."""
     return f"the Ray cluster at {address}" if address else "the Ray cluster"
+
+
+# ------------------------------------------------------------------------------ a local cluster
+#: Set for ``ray start`` and in the connecting process: without it Ray 2.60 binds its head, raylets
+#: and workers to the machine's outward interface even when given ``--node-ip-address 127.0.0.1``.
+LOOPBACK_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+
+
+@contextlib.contextmanager
+def local_cluster(num_cpus: int = 2, workdir: str | os.PathLike | None = None) -> Iterator[str]:
+    """A single-node Ray cluster on 127.0.0.1 (a free port, ``num_cpus`` CPUs, no dashboard) with
+    this process connected to it; yields its address, stops it on exit. For the tests, the
+    benchmarks and trying the backend on one machine: nothing leaves the loopback interface, and on
+    exit ``ray stop --force`` stops *every* Ray process of this machine.
+
+    The driver connects from ``workdir`` (default: a temporary folder, deleted after): Ray puts
+    the driver's working directory on the workers' ``sys.path``, where a source tree would shadow
+    the tasks' runtime environments."""
+    saved = {k: os.environ.get(k) for k in LOOPBACK_ENV}
+    os.environ.update(LOOPBACK_ENV)  # read when ray is imported: set before
+    ray = import_ray()
+    from ray._private import ray_constants
+
+    loopback_only, ray_constants.ENABLE_RAY_CLUSTER = ray_constants.ENABLE_RAY_CLUSTER, False  # if imported before
+    cwd = Path(workdir) if workdir is not None else Path(tempfile.mkdtemp(prefix="formal-sae-ray-"))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ray_cli, env = str(Path(sys.executable).parent / "ray"), {**os.environ, **LOOPBACK_ENV}
+    start = [ray_cli, "start", "--head", "--port", str(port), "--num-cpus", str(num_cpus), "--include-dashboard=false"]
+    start += ["--disable-usage-stats", "--node-ip-address", "127.0.0.1"]
+    here = Path.cwd()
+    try:
+        subprocess.run(start, env=env, cwd=cwd, check=True, capture_output=True, timeout=180)
+        os.chdir(cwd)
+        try:
+            ray.init(address=f"127.0.0.1:{port}", logging_level=logging.WARNING, log_to_driver=False)
+        finally:
+            os.chdir(here)
+        yield f"127.0.0.1:{port}"
+    finally:
+        with contextlib.suppress(Exception):
+            ray.shutdown()
+        subprocess.run([ray_cli, "stop", "--force"], env=env, cwd=cwd, capture_output=True, timeout=180)
+        ray_constants.ENABLE_RAY_CLUSTER = loopback_only
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        if workdir is None:
+            shutil.rmtree(cwd, ignore_errors=True)
 
 
 # ------------------------------------------------------------------------------ connecting
