@@ -23,7 +23,7 @@ FLOORS = [
     {"analysis"},
     {"comparison", "hub", "hub_cards"},
     {"__init__"},
-    {"reproduce"},
+    {"reproduce", "bench"},
     {"cli"},
 ]
 FLOOR = {name: i for i, names in enumerate(FLOORS) for name in names}

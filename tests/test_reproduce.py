@@ -348,3 +348,27 @@ def test_a_paper_scale_run_on_the_cpu_resumes_after_a_kill(tmp_path, monkeypatch
     assert sorted(whole) == sorted(again)
     for rel, parsed in whole.items():
         assert parsed == again[rel], rel
+
+
+def test_a_scale_s_own_model_settings_win_over_the_stage_defaults(tmp_path):
+    """The standard scale sets eval_every (and the plateau rule) itself; the stage's defaults must
+    give way rather than collide (they did: "got multiple values for keyword argument")."""
+    scale = TINY.with_overrides(model_train={"eval_every": 10, "plateau_patience": 2, "plateau_min_delta": 0.5})
+    dataset = stages.language_data("expr", tmp_path, scale)
+    _, metrics = stages.language_model("expr", tmp_path, dataset, scale)
+    assert [h["step"] for h in metrics["history"] if h.get("val_loss") is not None][:2] == [10, 20]
+
+
+def test_the_analysed_sae_is_the_best_sparse_topk_cell_not_the_densest():
+    def row(cell, k, validity, ev=0.99, variant="none"):
+        return {"cell_id": cell, "k": k, "validity": validity, "explained_variance": ev, "l0": float(k), "variant": variant}
+
+    rows = [
+        row("k128", 128, 1.0),
+        row("k64", 64, 1.0),
+        row("k16", 16, 0.92),
+        row("k8", 8, 0.57),
+        row("k16-input", 16, 0.99, variant="input"),
+    ]
+    assert stages.choose_analysed(rows)["cell_id"] == "k16"
+    assert stages.choose_analysed([row("k128", 128, 1.0)]) is None  # no sparse cell: nothing analysed

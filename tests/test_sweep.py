@@ -261,9 +261,7 @@ def test_a_failing_or_dying_worker_is_reported(setup, tmp_path, monkeypatch):
         sweep(model, ds, grid, tmp_path / "fails", evaluate=False, progress=False, workers=2)
     assert f"process {os.getpid()} " not in str(failed.value)  # raised in a worker, not here
     monkeypatch.setattr(cells_mod, "_run_cell", _exit_at_once)
-    with pytest.raises(
-        SAEError, match=r"a sweep worker process died .* running cell .*run the sweep again to resume, with fewer workers"
-    ):
+    with pytest.raises(SAEError, match=r"a worker process died .* running .*run again to resume, with fewer workers"):
         sweep(model, ds, grid, tmp_path / "dies", evaluate=False, progress=False, workers=2)
 
 

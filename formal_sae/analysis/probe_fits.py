@@ -13,7 +13,8 @@ import torch
 from formal_sae.analysis.probe_data import ProbeData, ProbeTarget, probe_targets
 
 
-def _standardiser(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def standardiser(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Column means and standard deviations of ``x`` to standardise it with (1 for constant columns)."""
     mean, std = x.mean(axis=0), x.std(axis=0)
     return mean, np.where(std > 1e-8 * max(float(std.max()), 1e-30), std, 1.0)  # constant columns stay constant (0)
 
@@ -145,7 +146,7 @@ def _score_hook(
 ) -> dict[str, ProbeScore]:
     """Probes of ``targets`` on one hook's activations: ``{target name: score}`` (``hook`` left empty)."""
     x_fit = fit_acts.numpy().astype(np.float64)
-    mean, std = _standardiser(x_fit)
+    mean, std = standardiser(x_fit)
     x_fit = (x_fit - mean) / std
     x_test = (test_acts.numpy().astype(np.float64) - mean) / std
     scores: dict[str, ProbeScore] = {}

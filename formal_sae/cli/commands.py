@@ -10,13 +10,14 @@ API only, and prints what it wrote.
 This module is the registry: `COMMANDS`, in the order ``formal-sae --help`` lists them. The commands
 live by the data they work on: `formal_sae.cli.data` (grammars, datasets, models),
 `formal_sae.cli.saes` (training, sweeping and comparing SAEs), `formal_sae.cli.analysis` (an SAE
-against its model) and `formal_sae.cli.study` (the whole study, the Hub), on `formal_sae.cli.base`.
+against its model) `formal_sae.cli.study` (the whole study, the Hub) and `formal_sae.cli.bench` (the benchmark), on `formal_sae.cli.base`.
 """
 
 from __future__ import annotations
 
 from formal_sae.cli.analysis import AnalyzeCommand, InterveneCommand
 from formal_sae.cli.base import Command, api_default, sweep_backend
+from formal_sae.cli.bench import BenchCommand
 from formal_sae.cli.data import GenerateCommand, GrammarsCommand, TrainModelCommand
 from formal_sae.cli.saes import CompareSAEsCommand, SweepCommand, TrainSAECommand
 from formal_sae.cli.study import PushCommand, ReproduceCommand
@@ -24,6 +25,7 @@ from formal_sae.cli.study import PushCommand, ReproduceCommand
 __all__ = [
     "COMMANDS",
     "AnalyzeCommand",
+    "BenchCommand",
     "Command",
     "CompareSAEsCommand",
     "GenerateCommand",
@@ -48,5 +50,6 @@ COMMANDS: tuple[type[Command], ...] = (
     SweepCommand,
     CompareSAEsCommand,
     ReproduceCommand,
+    BenchCommand,
     PushCommand,
 )

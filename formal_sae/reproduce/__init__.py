@@ -24,6 +24,7 @@ from formal_sae import FormalSAEError, RayBackend, atomic_write_text, output_dir
 from formal_sae.reproduce.claims import ClaimResult, judge
 from formal_sae.reproduce.estimate import announce, estimate_time
 from formal_sae.reproduce.evidence import C1Evidence, C2Evidence, C3Evidence, C4Evidence
+from formal_sae.reproduce.paper_sweeps import run_paper_sweeps, runs_paper_sweeps
 from formal_sae.reproduce.report import report_markdown
 from formal_sae.reproduce.scales import GRAMMARS, SCALES, Scale, get_scale
 from formal_sae.reproduce.stages import run_language, stage
@@ -64,6 +65,9 @@ def reproduce(
     ``workers`` replaces the scale's sweep workers (`Scale.workers`: forked processes on the CPU);
     like the backend it is not part of the run's configuration.
 
+    A scale with ``paper_sweeps`` (``paper``) then sweeps the authors' whole grid on every model it
+    names, the variants' models included (`paper_sweeps`), when the run covers every language.
+
     Before anything runs it prints the estimated time of each language's stages and their total
     (`estimate.estimate_time`), with a warning when a CPU run is estimated to take more than
     `estimate.CPU_HOURS_BOUND` hours.
@@ -75,9 +79,10 @@ def reproduce(
     unknown = [g for g in names if g not in GRAMMARS]
     if unknown:
         raise FormalSAEError(f"reproduce covers the paper's grammars {', '.join(GRAMMARS)} (or all), not {unknown}")
-    # workers change no result (a run resumes with another count); model_train is left out when empty,
-    # so that the configuration of a scale without it reads as it did before the field existed
-    left_out = ("grid", "notes", "workers", *(("model_train",) if not scale.model_train else ()))
+    # workers change no result (a run resumes with another count); model_train and paper_sweeps are left
+    # out when unset, so that the configuration of a scale without them reads as it did before they existed
+    unset = [name for name in ("model_train", "paper_sweeps") if not getattr(scale, name)]
+    left_out = ("grid", "notes", "workers", *unset)
     settings = {f.name: to_jsonable(getattr(scale, f.name)) for f in dataclasses.fields(scale) if f.name not in left_out}
     config = {"grammars": names, "scale": scale.name, "seed": seed, "settings": settings}  # overrides count too
     with output_dir(out_dir, "reproduction", config, overwrite=overwrite, resumable=True) as out:
@@ -86,7 +91,12 @@ def reproduce(
             g: stage(Path(out) / g / RESULTS_FILE, lambda g=g: run_language(g, Path(out) / g, scale, seed, device, backend))
             for g in names
         }
+        authors_grid = []
+        if runs_paper_sweeps(scale, names):
+            authors_grid = run_paper_sweeps(out, scale, results, seed, device, backend)
+        elif scale.paper_sweeps:
+            print(f"the authors' whole SAE grid is swept only in a run of all of {', '.join(GRAMMARS)}: skipped", flush=True)
         claims = judge_results(results)
         write_json(Path(out) / CLAIMS_FILE, {k: c.to_dict() for k, c in claims.items()})
-        atomic_write_text(Path(out) / REPORT_FILE, report_markdown(results, claims, scale))
+        atomic_write_text(Path(out) / REPORT_FILE, report_markdown(results, claims, scale, authors_grid))
     return claims

@@ -7,6 +7,7 @@ from typing import Any
 from formal_sae import CORRELATIONS_PNG, MISSING, number
 from formal_sae.reproduce.claims import THRESHOLDS, ClaimResult, main_effects, sane
 from formal_sae.reproduce.evidence import C1Evidence, C2Evidence, C3Evidence, C4Evidence
+from formal_sae.reproduce.paper_sweeps import PaperSweepResult
 from formal_sae.reproduce.scales import Scale
 from formal_sae.reproduce.stages import ANALYSIS_DIR, PROBES_DIR, PROBES_MD, PROBES_PNG
 
@@ -15,7 +16,9 @@ def _cell(text: str) -> str:
     return text.replace("|", "\\|")  # "|rho|" must not split a table cell
 
 
-def report_markdown(results: dict[str, dict], claims: dict[str, ClaimResult], scale: Scale) -> str:
+def report_markdown(
+    results: dict[str, dict], claims: dict[str, ClaimResult], scale: Scale, paper_sweeps: list[PaperSweepResult] | None = None
+) -> str:
     seconds = sum(r["seconds"] for r in results.values())
     langs = list(results)
     lines = [
@@ -48,6 +51,8 @@ def report_markdown(results: dict[str, dict], claims: dict[str, ClaimResult], sc
     ]
     for g, r in results.items():
         lines += _language(g, r)
+    if paper_sweeps:
+        lines += _paper_sweeps(paper_sweeps)
     return "\n".join(lines) + "\n"
 
 
@@ -83,7 +88,8 @@ def _c1(ev: C1Evidence, g: str) -> list[str]:
     return [
         *lines,
         "",
-        f"Probe columns: the best hook's linear probe (the ceiling a latent is read against) and the same probe on the "
+        f"Probe columns: the linear probe at the SAE's hook (R², or accuracy rescaled from the majority class, 0, to perfect, 1: "
+        f"the ceiling a latent is read against) and the same probe on the "
         f"token embedding (the control: decodable there means present in the token). Every hook: [{g}/{PROBES_DIR}/{PROBES_MD}]"
         f"({g}/{PROBES_DIR}/{PROBES_MD}).",
         "",
@@ -146,4 +152,36 @@ def _c4(ev: C4Evidence) -> list[str]:
     for p in ev.pairs:
         for name, m in (("plain", p.plain), ("causal", p.causal)):
             lines.append(f"| {p.seed} | {name} | " + " | ".join(number(m.get(k), 4) for k in keys) + " |")
+    return lines
+
+
+def _paper_sweeps(groups: list[PaperSweepResult]) -> list[str]:
+    lines = [
+        "",
+        "## The authors' whole grid",
+        "",
+        f"{sum(len(g.rows) for g in groups)} SAEs in {len(groups)} groups of the paper's sweeps. A group whose cells are "
+        "its language's main sweep's (same model, data and settings) takes that sweep's SAEs.",
+        "",
+        "| sweeps | model | SAE data | SAEs | where |",
+        "|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {g.sweeps} | {g.grammar} (`{g.model}`) | {g.sae_grammar} | {len(g.rows)} | [{g.sweep_dir}]({g.sweep_dir}) |"
+        for g in groups
+    ]
+    lines += [
+        "",
+        "| sweeps | sparsity | variant | best validity | its SAE | explained variance | L0 |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for g in groups:
+        for kind, variant, row in g.best_validity():
+            if row is None:
+                lines.append(f"| {g.sweeps} | {kind} | {variant} | {MISSING} | | | |")
+                continue
+            lines.append(
+                f"| {g.sweeps} | {kind} | {variant} | {number(row['validity'], 2)} | `{row['cell_id']}` | "
+                f"{number(row.get('explained_variance'))} | {number(row.get('l0'), 1)} |"
+            )
     return lines

@@ -57,6 +57,11 @@ class Scale:
         workers: Sweep cells trained at once in forked processes on the CPU (``sweep(workers=)``;
             1 on other devices and on Ray). Not part of the run's configuration: a run resumes
             with another count (the SAEs then differ in the last bits at most).
+        paper_sweeps: After the main languages, sweep the authors' whole grid (``PAPER_SWEEPS`` of
+            ``formal_sae.saes.sweep.paper``, at the paper's SAE budget: 828 SAEs) on every model it
+            names, training the models of the languages' variants (``formal_sae.reproduce.paper_sweeps``);
+            only a run of every language in `GRAMMARS` does. A variant's model trains for its main
+            language's ``model_steps`` unless it has an entry of its own (`model_steps_of`).
     """
 
     name: str
@@ -81,6 +86,7 @@ class Scale:
     notes: tuple[str, ...] = field(default_factory=tuple)
     model_train: dict[str, Any] = field(default_factory=dict)
     workers: int = 1
+    paper_sweeps: bool = False
 
     def with_overrides(self, **overrides: Any) -> Scale:
         """This scale with some fields replaced (unknown names are an error that lists the valid ones)."""
@@ -203,10 +209,13 @@ SCALES: dict[str, Scale] = {
         ),
         causal_seeds=3,
         prompt_format="paper",
+        paper_sweeps=True,
         notes=(
             "the paper's model and training budgets (run on a GPU: --device cuda)",
             "the paper's sequence format: the 7-token decorator before every sentence and as the prompt",
             "1M training sentences sampled once instead of fresh batches each step",
+            "the authors' 828 SAEs (PAPER_SWEEPS) are trained once: the groups whose cells are the main sweep's "
+            "(same model, data and settings) take its SAEs",
         ),
     ),
 }
@@ -216,3 +225,19 @@ def get_scale(name: str) -> Scale:
     if name not in SCALES:
         raise FormalSAEError(f"unknown scale {name!r}; choose one of {', '.join(SCALES)}")
     return SCALES[name]
+
+
+def main_language(grammar: str) -> str:
+    """The language of `GRAMMARS` that ``grammar`` is a variant of (``english-pp`` -> ``english``,
+    ``dyck2-shallow`` -> ``dyck2``), by the registry's naming; a main language is its own."""
+    for main in GRAMMARS:
+        if grammar == main or grammar.startswith(f"{main}-"):
+            return main
+    raise FormalSAEError(f"{grammar!r} is no variant of the paper's languages {', '.join(GRAMMARS)}")
+
+
+def model_steps_of(scale: Scale, grammar: str) -> int:
+    """Training steps of ``grammar``'s model: its own entry in ``scale.model_steps``, else its main
+    language's (the authors trained every variant as its main language)."""
+    steps = scale.model_steps.get(grammar)
+    return steps if steps is not None else scale.model_steps[main_language(grammar)]

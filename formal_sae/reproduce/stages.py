@@ -13,7 +13,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import datasets
 import numpy as np
+from transformer_lens import HookedTransformer
 
 from formal_sae import (
     CELLS_DIR,
@@ -65,7 +67,7 @@ from formal_sae.reproduce.evidence import (
     InterventionEvidence,
     SeedPair,
 )
-from formal_sae.reproduce.scales import Scale
+from formal_sae.reproduce.scales import Scale, model_steps_of
 
 #: Folder and file names inside a language's folder.
 DATA_DIR, MODEL_DIR, SWEEP_DIR = "data", "model", "sweep"
@@ -96,34 +98,54 @@ def guarded(run: Callable[[], Any], failed: Callable[[str], Any]) -> Any:
         return failed(str(e))
 
 
+def language_data(grammar: str, out: Path, scale: Scale, seed: int = 0) -> datasets.DatasetDict:
+    """The language's dataset in ``out/DATA_DIR``: generated at the scale's sizes and sequence format
+    unless it is there already."""
+    out.mkdir(parents=True, exist_ok=True)
+    if not (out / DATA_DIR).exists():
+        generate_dataset(
+            grammar, out / DATA_DIR, n_train=scale.n_train, n_validation=scale.n_eval, n_test=scale.n_eval, seed=seed,
+            prompt_format=scale.prompt_format,
+        )  # fmt: skip
+    return load_dataset_dir(out / DATA_DIR)
+
+
+def language_model(
+    grammar: str, out: Path, dataset: datasets.DatasetDict, scale: Scale, seed: int = 0, device: str = "cpu"
+) -> tuple[HookedTransformer, dict[str, Any]]:
+    """The language's model in ``out/MODEL_DIR``, trained on ``dataset`` at the scale's settings unless
+    it is there already, and its metrics (``metrics.json``)."""
+    if not (out / MODEL_DIR).exists():  # an interrupted training run resumes by itself
+        steps = model_steps_of(scale, grammar)
+        settings = {
+            "steps": steps, "lr": scale.model_lr, "seed": seed, "device": device, "eval_every": max(1, steps // 4),
+            "warmup_steps": min(200, steps // 10), "checkpoint_every": max(1, steps // 4),
+            "validity_samples": scale.validity_samples, "final_validity_repeats": scale.validity_repeats,
+        }  # fmt: skip
+        train = TrainConfig(**{**settings, **scale.model_train})  # the scale's own settings win
+        train_model(dataset, ModelConfig.from_preset(scale.preset, seed=seed), train, out_dir=out / MODEL_DIR)
+    return load_model(out / MODEL_DIR, device=device), read_json(out / MODEL_DIR / METRICS_FILE)
+
+
+def sweep_workers(scale: Scale, device: str, backend: str | RayBackend) -> int:
+    """The sweep's ``workers``: the scale's forked processes on the local CPU, else 1 (a GPU or Ray
+    runs cells otherwise)."""
+    return scale.workers if device == "cpu" and backend == "local" else 1
+
+
 def run_language(
     grammar: str, out: Path, scale: Scale, seed: int = 0, device: str = "cpu", backend: str | RayBackend = "local"
 ) -> dict[str, Any]:
     """Every stage for one language; returns its model summary, sweep rows and evidence (JSON)."""
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    if not (out / DATA_DIR).exists():
-        generate_dataset(
-            grammar, out / DATA_DIR, n_train=scale.n_train, n_validation=scale.n_eval, n_test=scale.n_eval, seed=seed,
-            prompt_format=scale.prompt_format,
-        )  # fmt: skip
-    dataset = load_dataset_dir(out / DATA_DIR)
-    if not (out / MODEL_DIR).exists():  # an interrupted training run resumes by itself
-        steps = scale.model_steps[grammar]
-        train = TrainConfig(
-            steps=steps, lr=scale.model_lr, seed=seed, device=device, eval_every=max(1, steps // 4),
-            warmup_steps=min(200, steps // 10), checkpoint_every=max(1, steps // 4),
-            validity_samples=scale.validity_samples, final_validity_repeats=scale.validity_repeats,
-            **scale.model_train,
-        )  # fmt: skip
-        train_model(dataset, ModelConfig.from_preset(scale.preset, seed=seed), train, out_dir=out / MODEL_DIR)
-    model, model_metrics = load_model(out / MODEL_DIR, device=device), read_json(out / MODEL_DIR / METRICS_FILE)
+    dataset = language_data(grammar, out, scale, seed)
+    model, model_metrics = language_model(grammar, out, dataset, scale, seed, device)
     if (out / SWEEP_DIR).exists():
         rows = read_json(out / SWEEP_DIR / RESULTS_JSON, what="sweep results")
     else:
-        workers = scale.workers if device == "cpu" and backend == "local" else 1  # forked workers: local CPU only
         rows = sweep(model, dataset, scale.grid(model.cfg.d_model).on_device(device), out / SWEEP_DIR, evaluation=scale.sweep_eval, backend=backend,
-                     workers=workers)  # fmt: skip
+                     workers=sweep_workers(scale, device, backend))  # fmt: skip
     c2 = guarded(
         lambda: stage(
             out / "c2.json", lambda: c2_evidence(grammar, model, dataset, rows, out, scale, model_metrics["validity"]).to_dict()
@@ -203,10 +225,22 @@ def c2_evidence(
 
 
 # ------------------------------------------------------------------------------ C1 and C3
+#: The sparsest the analysed SAE may be: the authors analysed TopK k = 16 SAEs (docs: The paper,
+#: Interpretability and The causal loss). Without this bound a grid reaching k = 128 at d_in = 128
+#: picks its densest cell (validity rises with k), whose latents are not the sparse code the claims
+#: are about.
+ANALYSED_MAX_K = 16
+
+
 def choose_analysed(rows: list[dict]) -> dict | None:
-    """The SAE the latents are analysed in: the best sane TopK cell without normalisation or
-    pre-bias (by validity, then explained variance); None if the sweep has no sane one."""
-    plain = [r for r in rows if r.get("variant") == "none" and r.get("k") is not None and r.get("validity") is not None]
+    """The SAE the latents are analysed in: the best sane TopK cell with k <= `ANALYSED_MAX_K`,
+    without normalisation or pre-bias (by validity, then explained variance); None if the sweep
+    has no sane one."""
+    plain = [
+        r
+        for r in rows
+        if r.get("variant") == "none" and r.get("k") is not None and r["k"] <= ANALYSED_MAX_K and r.get("validity") is not None
+    ]
     good = [r for r in plain if sane(r.get("explained_variance"), r.get("l0"))[0]]
     return max(good, key=lambda r: (round(r["validity"], 2), r["explained_variance"]), default=None)
 

@@ -35,6 +35,7 @@ from entmax import sparsemax  # a maintained sparsemax (Peters et al.), as the a
 from sae_lens import SAE, SAEConfig, StandardSAEConfig, TopKSAEConfig, TrainingSAE, TrainingSAEConfig
 from sae_lens.registry import SAE_CLASS_REGISTRY, SAE_TRAINING_CLASS_REGISTRY, register_sae_class, register_sae_training_class
 from sae_lens.saes.sae import TrainCoefficientConfig, TrainStepInput, TrainStepOutput
+from sae_lens.saes.topk_sae import calculate_topk_aux_acts
 from torch import nn
 
 from formal_sae.errors import SAEError
@@ -155,6 +156,10 @@ class PaperTrainingSAEConfig(TrainingSAEConfig):
     splice: str = "scale_correct"
     sparsemax: str | None = None  # one of SPARSEMAX_ENCODERS: the prototype encoder instead of ReLU/TopK
     decoder_init_norm: float | None = None  # the paper uses nn.Linear's default (Kaiming-uniform)
+    # Not in the paper: TopK's auxiliary loss on dead latents (Gao et al. 2024, as SAELens's own
+    # ``topk``), relative to the paper's mean-reduced MSE; 0 is the paper's SAE. A latent counts as
+    # dead after ``dead_feature_window`` steps without firing.
+    aux_loss_coefficient: float = 0.0
 
     def __post_init__(self) -> None:
         self.apply_b_dec_to_input = self.pre_bias
@@ -169,6 +174,10 @@ class PaperTrainingSAEConfig(TrainingSAEConfig):
             raise SAEError(f"sparsemax must be one of {', '.join(SPARSEMAX_ENCODERS)}, got {self.sparsemax!r}")
         if self.sparsemax is not None and (self.k is not None or self.l1_coefficient):
             raise SAEError("a sparsemax paper SAE has neither k nor an L1 coefficient: sparsemax sets the sparsity")
+        if self.aux_loss_coefficient and self.k is None:
+            raise SAEError("aux_loss_coefficient is TopK's auxiliary loss on dead latents: it needs k")
+        if not self.aux_loss_coefficient >= 0:
+            raise SAEError(f"aux_loss_coefficient must be >= 0, got {self.aux_loss_coefficient!r}")
 
     @classmethod
     def architecture(cls) -> str:
@@ -257,12 +266,28 @@ class PaperTrainingSAE(TrainingSAE[PaperTrainingSAEConfig]):
         return self.hook_sae_recons(recon)
 
     def calculate_aux_loss(self, step_input, feature_acts, hidden_pre, sae_out) -> dict[str, torch.Tensor]:
-        if self.cfg.k is not None or self.cfg.sparsemax is not None:
+        if self.cfg.k is not None:
+            return self._topk_aux_loss(step_input, hidden_pre, sae_out) if self.cfg.aux_loss_coefficient else {}
+        if self.cfg.sparsemax is not None:
             return {}
         # The latents are ReLU outputs, so their L1 norm is their plain sum: the same value and
         # (through the ReLU, which zeroes the gradient wherever a latent is 0) the same gradients
         # as ``abs().sum()``, without two [tokens, d_sae] passes for abs and its sign.
         return {"l1_loss": step_input.coefficients["l1"] * feature_acts.sum()}
+
+    def _topk_aux_loss(self, step_input, hidden_pre, sae_out) -> dict[str, torch.Tensor]:
+        """SAELens's TopK AuxK loss (``TopKTrainingSAE.calculate_topk_aux_loss``: the top d_in / 2
+        dead latents reconstruct the live latents' residual, scaled down while few are dead), with
+        this SAE's decoder and target and the paper's mean reduction. Rewritten, not called: the
+        SAELens method reads ``TopKTrainingSAEConfig`` fields and the raw ``W_dec``."""
+        dead = step_input.dead_neuron_mask
+        if dead is None or (n_dead := int(dead.sum())) == 0:
+            return {"auxiliary_reconstruction_loss": sae_out.new_tensor(0.0)}
+        k_aux = min(self.cfg.d_in // 2, n_dead)
+        scale = min(n_dead / (self.cfg.d_in // 2), 1.0)
+        residual = (self.target(step_input.sae_in) - sae_out).detach()
+        recon = calculate_topk_aux_acts(k_aux=k_aux, hidden_pre=hidden_pre, dead_neuron_mask=dead) @ self.decoder_matrix()
+        return {"auxiliary_reconstruction_loss": self.cfg.aux_loss_coefficient * scale * (recon - residual).pow(2).mean()}
 
     def training_forward_pass(self, step_input: TrainStepInput) -> TrainStepOutput:
         feature_acts, hidden_pre = self.encode_with_hidden_pre(step_input.sae_in)

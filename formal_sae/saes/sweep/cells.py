@@ -32,7 +32,7 @@ METRICS_FILE = "metrics.json"
 
 
 @contextlib.contextmanager
-def _quiet_saelens_progress() -> Iterator[None]:
+def quiet_saelens_progress() -> Iterator[None]:
     """Hide SAELens's per-SAE training bar while the sweep shows one bar over cells."""
     from sae_lens.training import sae_trainer
 

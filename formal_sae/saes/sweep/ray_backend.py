@@ -42,7 +42,7 @@ from formal_sae.io import atomic_write_bytes
 from formal_sae.outputs import in_progress_path
 from formal_sae.saes.sweep import cells as cell_module
 from formal_sae.saes.sweep import ray_cluster
-from formal_sae.saes.sweep.cells import _quiet_saelens_progress
+from formal_sae.saes.sweep.cells import quiet_saelens_progress
 from formal_sae.saes.sweep.evaluation import SweepEvaluation
 from formal_sae.saes.sweep.grid import SweepCell, SweepGrid
 from formal_sae.saes.sweep.ray_cluster import (  # noqa: F401 (the cluster's public names, re-exported here)
@@ -336,7 +336,7 @@ def run_cell_task(
     model = _held("model", refs["model"], lambda files: _load_model(files, refs["model_device"], refs["fingerprint"]))
     dataset = _held("dataset", refs["dataset"], lambda ds: ds)
     acts = _held("acts", refs["acts"], lambda array: _tensor(array, refs["acts_device"]))
-    with tempfile.TemporaryDirectory(prefix="formal-sae-ray-cell-") as tmp, flush_denormals(), _quiet_saelens_progress():
+    with tempfile.TemporaryDirectory(prefix="formal-sae-ray-cell-") as tmp, flush_denormals(), quiet_saelens_progress():
         record = cell_module._run_cell(model, dataset, acts, Path(tmp), evaluation, cell)
         cell_dir = Path(tmp) / cell_module.CELLS_DIR / cell.id
         files = {str(p.relative_to(cell_dir)): p.read_bytes() for p in sorted(cell_dir.rglob("*")) if p.is_file()}

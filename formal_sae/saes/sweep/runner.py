@@ -39,7 +39,7 @@ from formal_sae.outputs import check_output, in_progress_path, output_dir
 from formal_sae.saes.config import build_training_sae
 from formal_sae.saes.storage import model_name_of
 from formal_sae.saes.sweep import cells as cell_module
-from formal_sae.saes.sweep.cells import CELLS_DIR, METRICS_FILE, _quiet_saelens_progress
+from formal_sae.saes.sweep.cells import CELLS_DIR, METRICS_FILE, quiet_saelens_progress
 from formal_sae.saes.sweep.cells import _run_cell as _run_cell  # re-exported; patch it in `cells`
 from formal_sae.saes.sweep.evaluation import SweepEvaluation
 from formal_sae.saes.sweep.grid import SweepCell, SweepGrid
@@ -255,7 +255,7 @@ def _sweep_into(
                 records[cell.id] = record
     todo = [c for c in grid.cells if c.id not in records]
     bar = tqdm(total=len(grid), initial=len(grid) - len(todo), disable=not progress, desc=f"sweep {grid.name}", unit="SAE")
-    with flush_denormals(), _quiet_saelens_progress():
+    with flush_denormals(), quiet_saelens_progress():
         for hook in dict.fromkeys(c.config.hook_name for c in todo):  # the model runs once per hook
             cells = [c for c in todo if c.config.hook_name == hook]
             acts = cache_activations(model, dataset, hook, max(c.config.training_tokens for c in cells))

@@ -1,4 +1,5 @@
-"""Running a sweep's cells here, or ``workers`` at a time in processes forked from this one.
+"""Running a sweep's cells (or any other independent tasks: the benchmark scores its dictionaries
+so) here, or ``workers`` at a time in processes forked from this one.
 
 A forked worker inherits the function that runs a cell with the model, the data and the activation
 cache it holds, without pickling or copying them; only cells and their records cross between
@@ -19,7 +20,7 @@ import torch
 
 from formal_sae.errors import SAEError
 from formal_sae.saes.config import SAETrainConfig
-from formal_sae.saes.sweep.grid import SweepCell, SweepGrid
+from formal_sae.saes.sweep.grid import SweepGrid
 
 
 def check_workers(workers: int, model, grid: SweepGrid) -> None:
@@ -40,16 +41,18 @@ def check_workers(workers: int, model, grid: SweepGrid) -> None:
 
 @dataclass
 class Workers:
-    """Runs cells with ``run`` (a cell -> its record), here or in forked processes."""
+    """Runs tasks with ``run`` (a cell -> its record), here or in forked processes; ``cost``
+    estimates a task's time to order them (default: a sweep cell's training cost)."""
 
-    run: Callable[[SweepCell], dict[str, Any]]
+    run: Callable[[Any], Any]
+    cost: Callable[[Any], float] | None = None
 
     #: In a worker process, the instance it serves: set as the worker starts. A submitted task
     #: finds ``run`` here, since only what crosses processes is pickled (the cell, its record).
     serving: ClassVar[Workers | None] = None
 
-    def map(self, cells: list[SweepCell], workers: int) -> Iterator[dict[str, Any]]:
-        """Each cell's record, as it finishes."""
+    def map(self, cells: list[Any], workers: int) -> Iterator[Any]:
+        """Each task's result, as it finishes."""
         if workers == 1:
             yield from map(self.run, cells)
             return
@@ -58,15 +61,16 @@ class Workers:
         try:
             # Costliest first (longest-processing-time order), so that no worker is left alone with
             # a big cell at the end; the order changes no result.
-            by_cost = sorted(cells, key=lambda cell: -_training_cost(cell.config))
-            pending = {pool.submit(Workers._run_here, cell): cell.id for cell in by_cost}
+            cost = self.cost or (lambda cell: _training_cost(cell.config))
+            by_cost = sorted(cells, key=lambda cell: -cost(cell))
+            pending = {pool.submit(Workers._run_here, cell): getattr(cell, "id", cell) for cell in by_cost}
             for future in as_completed(pending):
                 try:
                     yield future.result()
                 except BrokenProcessPool:
                     raise SAEError(
-                        f"a sweep worker process died (out of memory?) or could not start while running cell {pending[future]}; "
-                        "finished cells are saved: run the sweep again to resume, with fewer workers"
+                        f"a worker process died (out of memory?) or could not start while running {pending[future]}; "
+                        "finished work is saved: run again to resume, with fewer workers"
                     ) from None
         finally:  # on an error or Ctrl-C too: hand out no further cell, let the handed-out ones finish
             pool.shutdown(wait=True, cancel_futures=True)
@@ -76,7 +80,7 @@ class Workers:
         Workers.serving = self
 
     @staticmethod
-    def _run_here(cell: SweepCell) -> dict[str, Any]:
+    def _run_here(cell: Any) -> Any:
         return Workers.serving.run(cell)
 
 
