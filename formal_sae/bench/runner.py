@@ -46,7 +46,7 @@ from formal_sae.outputs import output_dir
 from formal_sae.saes import SAETrainConfig, load_sae
 from formal_sae.saes.causal import train_causal_sae
 from formal_sae.saes.sweep import CELLS_DIR, SweepEvaluation, SweepGrid, sweep
-from formal_sae.saes.sweep.cells import METRICS_FILE
+from formal_sae.saes.sweep.cells import METRICS_FILE, quiet_saelens_progress
 from formal_sae.saes.sweep.ray_backend import RayBackend
 from formal_sae.saes.sweep.workers import Workers
 from formal_sae.saes.training import cache_activations
@@ -161,7 +161,8 @@ def _causal_entries(model, dataset, config: BenchConfig, lang: Path) -> list[Ent
                 if not path.exists():
                     base = SAETrainConfig(architecture="topk", k=target, expansion_factor=width, seed=seed, hook_name=config.hook_name,
                                           training_tokens=config.training_tokens, batch_size_tokens=config.batch_size_tokens, lr=config.lr)  # fmt: skip
-                    train_causal_sae(model, dataset, base, causal, out_dir=path, progress=False)
+                    with quiet_saelens_progress():  # the run shows its own bars
+                        train_causal_sae(model, dataset, base, causal, out_dir=path, progress=False)
                 identity = {"architecture": CAUSAL, "family": "sae", "expansion_factor": width, "l0_target": target, "seed": seed}
                 entries.append(Entry(sae_id, lambda p=path: load_sae(p), identity))
     return entries
