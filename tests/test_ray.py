@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from sweep_helpers import interrupt_sweep
+from sweep_helpers import interrupt_sweep, untrained_expr_model
 
 import formal_sae
 from formal_sae.cli import main
@@ -54,11 +54,7 @@ slow = pytest.mark.slow
 # ------------------------------------------------------------------------------ fixtures
 @pytest.fixture(scope="module")
 def setup():
-    ds = formal_sae.build_dataset("expr", n_train=300, n_validation=10, n_test=20, seed=0)
-    meta = formal_sae.dataset_metadata(ds)
-    tok = formal_sae.build_tokenizer(formal_sae.grammar_of(meta))
-    model = formal_sae.build_model(formal_sae.ModelConfig.from_preset("tiny"), tok, meta)
-    return model, ds
+    return untrained_expr_model()
 
 
 @pytest.fixture(scope="module")

@@ -28,6 +28,8 @@ from formal_sae.saes.training import cache_activations
 START = 1.0
 #: Widest factor searched in each direction from `START` before a target counts as unreachable.
 LIMIT = 1e6
+#: Validation tokens each run's L0 is measured on.
+HELD_OUT_TOKENS = 20_000
 
 
 @dataclass(eq=False)
@@ -48,12 +50,18 @@ class Calibration(Record):
     """every (coefficient, L0) tried, in order"""
 
 
+def coefficient_settings(name: str, value: float) -> dict:
+    """The ``SAETrainConfig`` settings that put the sparsity knob ``name`` at ``value``: the field
+    of that name, or else a setting of the SAELens config passed through ``extra``."""
+    return {name: value} if name in {f.name for f in dataclasses.fields(SAETrainConfig)} else {"extra": {name: value}}
+
+
 def with_coefficient(config: SAETrainConfig, name: str, value: float) -> SAETrainConfig:
-    """``config`` with its sparsity knob ``name`` at ``value``: a field of ``SAETrainConfig``, or
-    else a setting of the SAELens config passed through ``extra``."""
-    if name in {f.name for f in dataclasses.fields(SAETrainConfig)}:
-        return dataclasses.replace(config, **{name: value})
-    return dataclasses.replace(config, extra={**config.extra, name: value})
+    """``config`` with its sparsity knob ``name`` at ``value`` (`coefficient_settings`)."""
+    settings = coefficient_settings(name, value)
+    if "extra" in settings:
+        settings["extra"] = {**config.extra, **settings["extra"]}
+    return dataclasses.replace(config, **settings)
 
 
 def held_out_l0(sae, activations: torch.Tensor) -> float:
@@ -82,7 +90,7 @@ def calibrate(
     if train_activations is None:
         train_activations = cache_activations(model, dataset, base.hook_name, tokens)
     if held_out is None:
-        held_out = cache_activations(model, dataset, base.hook_name, 20_000, split="validation")
+        held_out = cache_activations(model, dataset, base.hook_name, HELD_OUT_TOKENS, split="validation")
     tried: list[list[float]] = []
 
     def l0_at(coefficient: float) -> float:

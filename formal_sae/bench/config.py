@@ -14,6 +14,7 @@ from formal_sae.configs import check_fields
 from formal_sae.errors import FormalSAEError
 from formal_sae.saes import architectures as sae_architectures
 from formal_sae.saes.causal import CausalConfig
+from formal_sae.saes.config import SAETrainConfig, is_int
 
 #: The causal SAE's name in a panel: a TopK SAE fine-tuned with the paper's interpolation loss.
 CAUSAL = "causal"
@@ -51,9 +52,9 @@ class ScoringSettings:
 
     def __post_init__(self) -> None:
         for name in ("max_sentences", "validity_repeats", "intervention_sentences", "n_null"):
-            if not _is_int(getattr(self, name)) or getattr(self, name) < 1:
+            if not is_int(getattr(self, name)) or getattr(self, name) < 1:
                 raise FormalSAEError(f"scoring setting {name} must be an integer >= 1, got {getattr(self, name)!r}")
-        if not _is_int(self.validity_samples) or self.validity_samples < 0:
+        if not is_int(self.validity_samples) or self.validity_samples < 0:
             raise FormalSAEError(f"scoring setting validity_samples must be an integer >= 0, got {self.validity_samples!r}")
         if not 0 < self.causal_bar <= 1:
             raise FormalSAEError(f"scoring setting causal_bar must be in (0, 1], got {self.causal_bar!r}")
@@ -120,15 +121,22 @@ class BenchConfig:
                 )
         for name in ("l0_targets", "expansion_factors"):
             values = getattr(self, name)
-            if not values or any(not _is_int(v) or v < 1 for v in values) or len(set(values)) != len(values):
+            if not values or any(not is_int(v) or v < 1 for v in values) or len(set(values)) != len(values):
                 raise FormalSAEError(f"{name} must be distinct integers >= 1, got {values!r}")
         for name in ("seeds", "training_tokens", "batch_size_tokens", "calibration_tokens", "calibration_runs"):
-            if not _is_int(getattr(self, name)) or getattr(self, name) < 1:
+            if not is_int(getattr(self, name)) or getattr(self, name) < 1:
                 raise FormalSAEError(f"{name} must be an integer >= 1, got {getattr(self, name)!r}")
         if not self.lr > 0:
             raise FormalSAEError(f"lr must be > 0, got {self.lr!r}")
         if not 0 < self.calibration_tolerance < 1:
             raise FormalSAEError(f"calibration_tolerance must be in (0, 1), got {self.calibration_tolerance!r}")
+
+    def sae_config(self, **settings: Any) -> SAETrainConfig:
+        """The training config of a panel SAE: this run's hook, budget, learning rate and first seed,
+        with ``settings`` (architecture, width, sparsity, seed) over them."""
+        shared = {"hook_name": self.hook_name, "training_tokens": self.training_tokens,
+                  "batch_size_tokens": self.batch_size_tokens, "lr": self.lr, "seed": self.seed}  # fmt: skip
+        return SAETrainConfig(**{**shared, **settings})
 
     @property
     def panel(self) -> list[str]:
@@ -144,10 +152,6 @@ class BenchConfig:
     def from_dict(cls, d: Mapping[str, Any]) -> BenchConfig:
         check_fields(cls, d, FormalSAEError, "bench config")
         return cls(**d)
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 #: Named panels: ``quick`` (the defaults: 2 L0 targets x 2 widths x 3 seeds, short runs) and

@@ -9,6 +9,7 @@ an SAE of another model or hook is refused before anything is scored.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -61,8 +62,9 @@ def score_saes(
         hook = check_sae_fits(model, sae)
         check_sae_model(model, sae, allow_other_model)
         if hook != config.hook_name:
-            config = BenchConfig.from_dict({**config.to_dict(), "hook_name": hook})
-        saes[sanitize_id(f"{Path(str(d)).name}")] = (d, sae)
+            config = dataclasses.replace(config, hook_name=hook)
+        sae_id = sanitize_id(Path(str(d)).name)
+        saes[sae_id] = (d, sae)
     hooks = {sae.cfg.metadata.hook_name for _, sae in saes.values()}
     if len(hooks) > 1:
         raise SAEError(f"the SAEs read different hooks {sorted(hooks)}: score the SAEs of one hook at a time")

@@ -30,7 +30,7 @@ import datasets
 from tqdm.auto import tqdm
 
 from formal_sae.bench import baselines
-from formal_sae.bench.calibration import Calibration, calibrate, with_coefficient
+from formal_sae.bench.calibration import HELD_OUT_TOKENS, Calibration, calibrate, coefficient_settings
 from formal_sae.bench.config import BENCH_PRESETS, CAUSAL, COEFFICIENT_ARCHITECTURES, BenchConfig
 from formal_sae.bench.leaderboard import LeaderboardRow, build_leaderboard, group_key, write_leaderboard
 from formal_sae.bench.pareto import plot_pareto
@@ -43,7 +43,7 @@ from formal_sae.data import dataset_metadata
 from formal_sae.errors import FormalSAEError
 from formal_sae.io import read_json, write_json
 from formal_sae.outputs import output_dir
-from formal_sae.saes import SAETrainConfig, load_sae
+from formal_sae.saes import load_sae
 from formal_sae.saes.causal import train_causal_sae
 from formal_sae.saes.sweep import CELLS_DIR, SweepEvaluation, SweepGrid, sweep
 from formal_sae.saes.sweep.cells import METRICS_FILE, quiet_saelens_progress
@@ -78,11 +78,7 @@ class Entry:
     fidelity: dict[str, Any] | None = None
 
 
-def _coefficient_cells(config: BenchConfig, calibrations: list[Calibration]) -> dict[tuple[str, int, int], Calibration]:
-    return {(c.architecture, c.expansion_factor, c.l0_target): c for c in calibrations}
-
-
-def _calibrate_all(model, dataset, config: BenchConfig, base: SAETrainConfig) -> list[Calibration]:
+def _calibrate_all(model, dataset, config: BenchConfig) -> list[Calibration]:
     todo = [
         (arch, width, target)
         for arch in config.panel
@@ -93,10 +89,10 @@ def _calibrate_all(model, dataset, config: BenchConfig, base: SAETrainConfig) ->
     if not todo:
         return []
     train = cache_activations(model, dataset, config.hook_name, config.calibration_tokens)
-    held_out = cache_activations(model, dataset, config.hook_name, 20_000, split="validation")
+    held_out = cache_activations(model, dataset, config.hook_name, HELD_OUT_TOKENS, split="validation")
     out = []
     for arch, width, target in tqdm(todo, desc="calibrating L0", leave=False):
-        cell = dataclasses.replace(base, architecture=arch, expansion_factor=width)
+        cell = config.sae_config(architecture=arch, expansion_factor=width)
         out.append(
             calibrate(
                 model, dataset, cell, target, tokens=config.calibration_tokens, runs=config.calibration_runs,
@@ -111,8 +107,7 @@ def cell_settings(arch: str, target: int, calibrated: Calibration | None) -> dic
     if arch in COEFFICIENT_ARCHITECTURES:
         if calibrated is None or not calibrated.reached:
             return None
-        settings = with_coefficient(SAETrainConfig(architecture=arch), calibrated.coefficient_name, calibrated.coefficient)
-        return {calibrated.coefficient_name: calibrated.coefficient} if not settings.extra else {"extra": settings.extra}
+        return coefficient_settings(calibrated.coefficient_name, calibrated.coefficient)
     if arch == "matching_pursuit":  # selects latents one by one: at most max_iterations per token
         return {"extra": {"max_iterations": target}}
     return {"k": target}
@@ -120,11 +115,7 @@ def cell_settings(arch: str, target: int, calibrated: Calibration | None) -> dic
 
 def panel_grid(config: BenchConfig, calibrations: list[Calibration]) -> SweepGrid:
     """The SweepGrid of the trained (non-causal) part of the panel; ids ``<arch>-x<w>-l0<t>-s<seed>``."""
-    base = {
-        "hook_name": config.hook_name, "training_tokens": config.training_tokens,
-        "batch_size_tokens": config.batch_size_tokens, "lr": config.lr,
-    }  # fmt: skip
-    calibrated = _coefficient_cells(config, calibrations)
+    calibrated = {(c.architecture, c.expansion_factor, c.l0_target): c for c in calibrations}
     cells = []
     for arch in config.panel:
         if arch == CAUSAL:
@@ -138,7 +129,7 @@ def panel_grid(config: BenchConfig, calibrations: list[Calibration]) -> SweepGri
                     seed = config.seed + i
                     cells.append({"id": _id(arch, width, target, seed), "architecture": arch, "expansion_factor": width,
                                   "seed": seed, **settings})  # fmt: skip
-    return SweepGrid.from_settings("bench", base, cells)
+    return SweepGrid.from_settings("bench", config.sae_config(), cells)
 
 
 def _id(arch: str, width: float, target: int | None, seed: int | None) -> str:
@@ -159,8 +150,7 @@ def _causal_entries(model, dataset, config: BenchConfig, lang: Path) -> list[Ent
                 sae_id = _id(CAUSAL, width, target, seed)
                 path = lang / CAUSAL_DIR / sae_id
                 if not path.exists():
-                    base = SAETrainConfig(architecture="topk", k=target, expansion_factor=width, seed=seed, hook_name=config.hook_name,
-                                          training_tokens=config.training_tokens, batch_size_tokens=config.batch_size_tokens, lr=config.lr)  # fmt: skip
+                    base = config.sae_config(architecture="topk", k=target, expansion_factor=width, seed=seed)
                     with quiet_saelens_progress():  # the run shows its own bars
                         train_causal_sae(model, dataset, base, causal, out_dir=path, progress=False)
                 identity = {"architecture": CAUSAL, "family": "sae", "expansion_factor": width, "l0_target": target, "seed": seed}
@@ -177,7 +167,7 @@ def baseline_entries(model, dataset, config: BenchConfig, lang: Path) -> list[En
     for width in config.expansion_factors:
         for i in range(config.seeds):
             seed = config.seed + i
-            cfg = SAETrainConfig(architecture="topk", k=target, expansion_factor=width, seed=seed, hook_name=config.hook_name)
+            cfg = config.sae_config(architecture="topk", k=target, expansion_factor=width, seed=seed)
             made[_id("untrained", width, target, seed)] = (
                 lambda cfg=cfg: baselines.untrained_sae(model, cfg),
                 {"architecture": "untrained", "family": "floor", "expansion_factor": width, "l0_target": target, "seed": seed},
@@ -227,12 +217,11 @@ def _panel_entries(model, dataset, config: BenchConfig, lang: Path, calibrations
     for cell in grid.cells:
         path = panel / CELLS_DIR / cell.id
         c = cell.config
-        target = c.k if c.k is not None else c.extra.get("max_iterations") or _target_of(cell.id)
         identity = {
             "architecture": c.architecture,
             "family": "sae",
             "expansion_factor": c.expansion_factor,
-            "l0_target": target,
+            "l0_target": _target_of(cell.id),  # every panel id names its target (`_id`)
             "seed": c.seed,
         }
         entries.append(Entry(cell.id, lambda p=path: load_sae(p), identity, read_json(path / METRICS_FILE)["metrics"]))
@@ -334,13 +323,10 @@ def bench(
         for (model, dataset), grammar in zip(languages, grammars, strict=True):
             lang = out / grammar
             lang.mkdir(exist_ok=True)
-            base = SAETrainConfig(
-                hook_name=config.hook_name, batch_size_tokens=config.batch_size_tokens, lr=config.lr, seed=config.seed
-            )
             if (lang / CALIBRATION_FILE).is_file():
                 calibrations = [Calibration(**c) for c in read_json(lang / CALIBRATION_FILE)]
             else:
-                calibrations = _calibrate_all(model, dataset, config, base)
+                calibrations = _calibrate_all(model, dataset, config)
                 write_json(lang / CALIBRATION_FILE, [c.to_dict() for c in calibrations])
             unreached += [c for c in calibrations if not c.reached]
             entries = [

@@ -45,7 +45,7 @@ from formal_sae.activations import check_hook, iter_sentence_batches, padded_bat
 from formal_sae.data import column, dataset_metadata
 from formal_sae.errors import SAEError
 from formal_sae.saes import checkpoints
-from formal_sae.saes.config import SAETrainConfig, _is_int, _is_positive, _is_real, build_training_sae
+from formal_sae.saes.config import SAETrainConfig, build_training_sae, is_int, is_positive, is_real
 from formal_sae.saes.evaluation import check_sae_fits, check_sae_model
 from formal_sae.saes.storage import model_name_of, sae_output_dir, sae_run_config, to_inference
 from formal_sae.saes.training import CHECKPOINT_DIR, DEFAULT_CHECKPOINTS, fit_sae, sae_hook_width, set_train_seconds
@@ -90,12 +90,12 @@ class CausalConfig:
             raise SAEError(f"causal schedule must be 'constant' or 'linear', got {self.schedule!r}")
         if self.step != "random" and not (isinstance(self.step, (int, float)) and 0 <= float(self.step) <= 1):
             raise SAEError(f"causal step must be 'random' or a number in [0, 1], got {self.step!r}")
-        if not _is_real(self.coefficient) or not self.coefficient >= 0:  # 0 is a plain SAE; NaN fails ">= 0"
+        if not is_real(self.coefficient) or not self.coefficient >= 0:  # 0 is a plain SAE; NaN fails ">= 0"
             raise SAEError(f"causal coefficient must be >= 0, got {self.coefficient!r}")
         for name, low in (("steps", 0), ("pretrain_steps", 0), ("sentences_per_step", 1)):
-            if not _is_int(getattr(self, name)) or getattr(self, name) < low:
+            if not is_int(getattr(self, name)) or getattr(self, name) < low:
                 raise SAEError(f"causal {name} must be >= {low} (an integer), got {getattr(self, name)!r}")
-        if self.finetune_lr is not None and not _is_positive(self.finetune_lr):
+        if self.finetune_lr is not None and not is_positive(self.finetune_lr):
             raise SAEError(f"finetune_lr must be > 0, got {self.finetune_lr!r}; leave it unset (None) for the default")
 
     def beta(self, step: int) -> float:

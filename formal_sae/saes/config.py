@@ -124,20 +124,20 @@ class SAETrainConfig:
         if self.sparsemax is not None and (self.k is not None or self.l1_coefficient):
             raise SAEError("a sparsemax paper SAE takes neither k nor l1_coefficient: sparsemax sets its sparsity")
         for name in ("expansion_factor", "training_tokens", "batch_size_tokens", "dead_feature_window"):
-            if not _is_int(getattr(self, name)) or getattr(self, name) < 1:
+            if not is_int(getattr(self, name)) or getattr(self, name) < 1:
                 raise SAEError(f"{name} must be >= 1 (an integer), got {getattr(self, name)!r}")
-        if self.k is not None and (not _is_int(self.k) or self.k < 1):
+        if self.k is not None and (not is_int(self.k) or self.k < 1):
             raise SAEError(f"k={self.k!r} must be between 1 and the dictionary size d_sae = d_in x expansion_factor (an integer)")
         for name in ("l1_coefficient", "l0_coefficient"):  # a negative penalty rewards dense codes; zero is no penalty
             value = getattr(self, name)
-            if value is not None and not _is_positive(value):
+            if value is not None and not is_positive(value):
                 raise SAEError(f"{name} must be > 0, got {value!r}; leave it unset (None) for architectures without it")
-        if not _is_positive(self.lr):
+        if not is_positive(self.lr):
             raise SAEError(f"lr must be > 0, got {self.lr!r}")
         for name in ("adam_beta1", "adam_beta2"):
-            if not _is_real(getattr(self, name)) or not 0 <= getattr(self, name) < 1:
+            if not is_real(getattr(self, name)) or not 0 <= getattr(self, name) < 1:
                 raise SAEError(f"{name} must be in [0, 1), got {getattr(self, name)!r}")
-        if not _is_int(self.lr_warm_up_steps) or self.lr_warm_up_steps < 0:
+        if not is_int(self.lr_warm_up_steps) or self.lr_warm_up_steps < 0:
             raise SAEError(f"lr_warm_up_steps must be >= 0 (an integer), got {self.lr_warm_up_steps!r}")
         total = self.training_tokens // self.batch_size_tokens
         # A warm-up as long as the run never reaches lr; adjusted here, so that the saved config holds what ran.
@@ -155,17 +155,19 @@ class SAETrainConfig:
             raise SAEError(f"splice must be 'scale_correct' or 'paper', got {self.splice!r}")
 
 
-def _is_int(value: Any) -> bool:
+def is_int(value: Any) -> bool:
+    """An integer (Python's or NumPy's), not a bool: the package's one test for integer settings."""
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
-def _is_real(value: Any) -> bool:
+def is_real(value: Any) -> bool:
+    """A real number, not a bool."""
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
-def _is_positive(value: Any) -> bool:
+def is_positive(value: Any) -> bool:
     """A real number > 0 (NaN is not: ``nan <= 0`` is False, so ``not > 0`` is the test)."""
-    return _is_real(value) and value > 0
+    return is_real(value) and value > 0
 
 
 def _arch_kwargs(cfg: SAETrainConfig, cfg_class: type, d_sae: int) -> dict[str, Any]:
