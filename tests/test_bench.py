@@ -193,3 +193,15 @@ def test_an_sae_saelens_cannot_load_is_refused_with_the_reason(panel, model, ds,
     with pytest.raises(formal_sae.SAEError, match=r"my_unregistered_arch.*SAELens does not know"):
         score_saes(model, ds, [broken], tmp_path / "x", tiny_config(), progress=False)
     assert not (tmp_path / "x").exists()
+
+
+def test_two_saes_of_the_same_name_are_refused_rather_than_one_overwriting_the_other(panel, model, ds, tmp_path):
+    import shutil
+
+    out, _ = panel
+    mine = out / "expr" / "panel" / "cells" / "topk-x2-l04-s0"
+    twin = tmp_path / "elsewhere" / "topk-x2-l04-s0"
+    shutil.copytree(mine, twin)
+    with pytest.raises(formal_sae.SAEError, match="two SAEs are named 'topk-x2-l04-s0'"):
+        score_saes(model, ds, [mine, twin], tmp_path / "x", tiny_config(), progress=False)
+    assert not (tmp_path / "x").exists()

@@ -64,6 +64,10 @@ def score_saes(
         if hook != config.hook_name:
             config = dataclasses.replace(config, hook_name=hook)
         sae_id = sanitize_id(Path(str(d)).name)
+        if sae_id in saes:  # its scores would overwrite the other's
+            raise SAEError(
+                f"two SAEs are named {sae_id!r} ({saes[sae_id][0]} and {d}): score them in separate runs or rename a folder"
+            )
         saes[sae_id] = (d, sae)
     hooks = {sae.cfg.metadata.hook_name for _, sae in saes.values()}
     if len(hooks) > 1:
