@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import json
+from pathlib import Path
 
 import pytest
 
@@ -205,3 +206,20 @@ def test_two_saes_of_the_same_name_are_refused_rather_than_one_overwriting_the_o
     with pytest.raises(formal_sae.SAEError, match="two SAEs are named 'topk-x2-l04-s0'"):
         score_saes(model, ds, [mine, twin], tmp_path / "x", tiny_config(), progress=False)
     assert not (tmp_path / "x").exists()
+
+
+def test_a_baseline_killed_mid_save_is_not_taken_by_the_resumed_run(tmp_path, identity_sae):
+    path = tmp_path / "baselines" / "pca"
+
+    class Dies:
+        def save_model(self, where):
+            (Path(where) / "cfg.json").parent.mkdir(parents=True, exist_ok=True)
+            (Path(where) / "cfg.json").write_text("{}")  # half written
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        bench_runner.save_once(path, Dies)
+    assert not path.exists()  # the resumed run builds it again
+    bench_runner.save_once(path, lambda: identity_sae(4, HOOK))
+    assert formal_sae.load_sae(path).cfg.d_sae == 8
+    bench_runner.save_once(path, lambda: pytest.fail("a saved baseline is kept, not rebuilt"))

@@ -93,8 +93,7 @@ def score_saes(
                 seed = config.seed + i
                 floor_id = f"{sae_id}-untrained-s{seed}"
                 path = lang / runner.BASELINES_DIR / floor_id
-                if not path.exists():
-                    untrained_like(sae, seed).save_model(str(path))
+                runner.save_once(path, lambda sae=sae, seed=seed: untrained_like(sae, seed))
                 floor = {**identity, "family": "floor", "architecture": f"{identity['architecture']} (untrained)", "seed": seed}
                 entries.append(runner.Entry(floor_id, lambda p=path: load_sae(p), floor))
         entries += [e for e in runner.baseline_entries(model, dataset, config, lang) if e.identity["family"] != "floor"]

@@ -41,7 +41,7 @@ from formal_sae.bench.scoring import score_sae
 from formal_sae.bench.stability import decoder_stability
 from formal_sae.data import dataset_metadata
 from formal_sae.errors import FormalSAEError
-from formal_sae.io import read_json, write_json
+from formal_sae.io import atomic_replace, read_json, write_json
 from formal_sae.outputs import output_dir
 from formal_sae.saes import load_sae
 from formal_sae.saes.causal import train_causal_sae
@@ -194,11 +194,17 @@ def baseline_entries(model, dataset, config: BenchConfig, lang: Path) -> list[En
     entries = []
     for sae_id, (build, identity) in made.items():
         path = lang / BASELINES_DIR / sae_id
-        if not path.exists():
-            build().save_model(str(path))
+        save_once(path, build)
         identity = {"expansion_factor": None, "l0_target": None, "seed": None, **identity}
         entries.append(Entry(sae_id, lambda p=path: load_sae(p), identity))
     return entries
+
+
+def save_once(path: Path, build: Callable[[], Any]) -> None:
+    """Save the SAE ``build()`` makes at ``path`` unless a previous run did. Written whole
+    (`atomic_replace`): a kill mid-save leaves no half-saved SAE for a resumed run to take."""
+    if not path.exists():
+        atomic_replace(path, lambda tmp: build().save_model(str(tmp)))
 
 
 def _panel_entries(model, dataset, config: BenchConfig, lang: Path, calibrations, *, workers, backend, progress) -> list[Entry]:
