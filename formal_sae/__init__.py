@@ -51,7 +51,7 @@ from formal_sae.interventions import (
     next_token_effects,
     single_latent_effects,
 )
-from formal_sae.interventions.predictability import effect_predictability
+from formal_sae.interventions.predictability import effect_predictability, predictability_summary
 from formal_sae.io import atomic_write_text, read_json, to_jsonable, write_json
 from formal_sae.models import (
     PRESETS,
@@ -168,6 +168,7 @@ __all__ = [
     "number",
     "output_dir",
     "paper_grid",
+    "predictability_summary",
     "probe_direction",
     "probe_features",
     "prompt_ids",

@@ -113,6 +113,29 @@ def test_identity_sae_scores_are_the_reports(model, identity, identity_report, d
     assert BenchScore(**s.to_dict()) == s  # a plain record: its JSON rebuilds it
 
 
+def test_causal_dynamics_are_c4s_measures_on_the_same_pairs_and_latents(model, ds):
+    """The interpolation and predictability scores equal the public functions called directly on
+    the held-out pairs and the structural features' latents the score names."""
+    sae = random_sae(model.cfg.d_model, 2 * model.cfg.d_model, seed=1)
+    s = score(model, sae, ds)
+    pairs = formal_sae.held_out_pairs(model, ds, max_sentences=FAST.intervention_sentences, seed=FAST.seed)
+    direct = formal_sae.interpolation_metrics(model, sae, ds, pairs)
+    assert s.causal_loss == pytest.approx(direct.causal_loss) and s.causal_loss > 0
+    assert s.linearity_error == pytest.approx(direct.linearity_error)
+    report = formal_sae.analyze(model, sae, ds, max_sentences=N_SENT)
+    values = {t.name: t.values for t in formal_sae.targets_of(report.aligned)}
+    structural = {
+        n: (t.f1_latent if t.kind == "binary" and t.f1_latent is not None else t.best_latent)
+        for n, t in report.targets.items()
+        if plain_role(report.aligned.token_ids, values[n]) == formal_sae.STRUCTURAL
+    }
+    assert structural  # Expr has structural features: the measure is not vacuous
+    results = formal_sae.effect_predictability(model, sae, ds, structural, max_sentences=FAST.intervention_sentences)
+    corr = [np.corrcoef(np.ravel(p.predicted), np.ravel(p.observed))[0, 1] for p in results.values() if p.r2 is not None]
+    assert corr and s.predictability == pytest.approx(float(np.median(corr)))
+    assert -1 <= s.predictability <= 1
+
+
 def test_given_fidelity_is_used_verbatim(model, identity, ds, monkeypatch):
     def no_evaluation(*args, **kwargs):
         raise AssertionError("evaluate_sae must not run when fidelity is given")

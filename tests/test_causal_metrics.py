@@ -189,6 +189,27 @@ def test_an_effect_against_the_natural_data_scores_below_zero(readout, ds):
     assert got.rms_observed > 1e-3 and got.r2 <= 0 and got.slope < 0
 
 
+def _made(predicted, observed, r2=0.5) -> Predictability:
+    """A Predictability with given shifts (one bin per row); only r2's being None matters here."""
+    return Predictability("f", 0, r2, None, None, ["a", "b"], [], [], predicted, observed)
+
+
+def test_predictability_summary_is_the_median_correlation_by_hand():
+    same = _made([[1.0, -1.0], [2.0, 0.0]], [[2.0, -2.0], [4.0, 0.0]])  # observed = 2 x predicted: r = 1
+    flipped = _made([[1.0, -1.0], [2.0, 0.0]], [[-1.0, 1.0], [-2.0, 0.0]])  # r = -1
+    # predicted (1, 0, 0, 1), observed (1, 1, 0, 0): means 1/2, covariance 0 -> r = 0
+    orthogonal = _made([[1.0, 0.0], [0.0, 1.0]], [[1.0, 1.0], [0.0, 0.0]])
+    assert formal_sae.predictability_summary([same]) == pytest.approx(1.0)
+    assert formal_sae.predictability_summary([same, flipped, orthogonal]) == pytest.approx(0.0)
+    assert formal_sae.predictability_summary([same, flipped]) == pytest.approx(0.0)  # median of 1 and -1
+    # left out: an undefined R² (the clamp moved nothing) and a constant side (no correlation)
+    undefined = _made([[1.0, -1.0]], [[-1.0, 1.0]], r2=None)
+    constant = _made([[1.0, 1.0], [1.0, 1.0]], [[1.0, 2.0], [3.0, 4.0]])
+    assert formal_sae.predictability_summary([same, undefined, constant]) == pytest.approx(1.0)
+    assert formal_sae.predictability_summary([undefined, constant]) is None
+    assert formal_sae.predictability_summary([]) is None
+
+
 # ---------------------------------------------------------------------------- JSON
 def test_results_round_trip_through_json(model, ds, pairs, readout, identity_sae):
     sae = identity_sae(D, HOOK)

@@ -52,6 +52,9 @@ METRICS = (
     "absorption",
     "gap_closure",
     "not_causal_rate",
+    "causal_loss",
+    "linearity_error",
+    "predictability",
 )
 #: The ground-truth metrics given normalised between floor and ceiling, and their row fields.
 NORMALISED = {"structural_score": "structural_norm", "lexical_score": "lexical_norm", "mcc": "mcc_norm"}
@@ -116,6 +119,12 @@ class LeaderboardRow(Record):
     gap_closure_std: float | None
     not_causal_rate_mean: float | None
     not_causal_rate_std: float | None
+    causal_loss_mean: float | None
+    causal_loss_std: float | None
+    linearity_error_mean: float | None
+    linearity_error_std: float | None
+    predictability_mean: float | None
+    predictability_std: float | None
     stability: float | None
     """cross-seed decoder consistency (`formal_sae.bench.stability.decoder_stability`), as given"""
     structural_norm: float | None
@@ -327,6 +336,9 @@ _MD_COLUMNS = (
     ("dense", "dense_fraction"),
     ("gap closure", "gap_closure"),
     ("not causal ↓", "not_causal_rate"),
+    ("causal loss ↓", "causal_loss"),
+    ("linearity err. ↓", "linearity_error"),
+    ("predictability", "predictability"),
     ("stability", "stability"),
 )
 

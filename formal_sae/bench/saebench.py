@@ -56,7 +56,7 @@ METRIC_CATEGORIES: dict[str, tuple[str, ...]] = {
     "reconstruction_quality": ("explained_variance",),
     "sparsity": ("l0", "dead_fraction", "dense_fraction"),
     "ground_truth": ("structural_score", "lexical_score", "coverage", "mcc", "absorption"),
-    "causal": ("gap_closure", "not_causal_rate", "n_causal_features"),
+    "causal": ("gap_closure", "not_causal_rate", "n_causal_features", "causal_loss", "linearity_error", "predictability"),
 }
 #: SAEBench's value of ``sae_bench_commit_hash`` when it cannot tell its commit: no SAEBench ran here.
 UNKNOWN = "Unknown"

@@ -15,7 +15,12 @@ leaderboard's (`formal_sae.bench.leaderboard`). Definitions:
 * causal (`formal_sae.feature_interventions`, structural features whose best latent reaches
   ``causal_bar``): the mean gap closure of clamping that latent to the feature's value, and the
   fraction of those latents whose clamp is within the 95% interval of matched random latents
-  (correlated but not causal).
+  (correlated but not causal);
+* causal dynamics, the measures of the causal loss on held-out token pairs
+  (`formal_sae.interpolation_metrics`: the paper's causal loss and the linearity error of the output
+  along an interpolation of two tokens' latents) and the predictability of each structural
+  feature's latent (`formal_sae.effect_predictability`, summarised by
+  `formal_sae.predictability_summary`: does the natural data predict what clamping it does?).
 """
 
 from __future__ import annotations
@@ -65,6 +70,14 @@ class BenchScore(Record):
     feature_scores: dict[str, float] = field(default_factory=dict)
     """per feature, the best latent's |Pearson| (ordinal) or F1 (binary)"""
     validity: float | None = None
+    causal_loss: float | None = None
+    """the paper's causal loss on held-out pairs (mean squared logit error; lower is better)"""
+    linearity_error: float | None = None
+    """how far the output bends along an interpolation of two tokens' latents, relative to its
+    endpoints' distance (0: linear; lower is better); None if no pair's endpoints differ"""
+    predictability: float | None = None
+    """median over the structural features' latents of the correlation between the class shifts
+    the natural data predicts for a clamp and those it causes; None if no clamp moves anything"""
     seconds: float = 0.0
     """wall seconds of scoring"""
     saelens_explained_variance: float | None = None

@@ -9,7 +9,10 @@ Three measurements, each by the package's own public function (definitions: `for
    alone, `formal_sae.feature_role`), since the lexical ones are nearly free for any dictionary;
 3. causality, by `formal_sae.feature_interventions` on each structural feature whose latent reaches
    ``settings.causal_bar``: clamping that latent should move the model's predictions towards what
-   the feature predicts, further than clamping matched random latents does.
+   the feature predicts, further than clamping matched random latents does;
+4. causal dynamics, as claim C4 measures them: `formal_sae.interpolation_metrics` on held-out
+   token pairs and `formal_sae.effect_predictability` of every structural feature's latent, on
+   ``settings.intervention_sentences`` test sentences.
 """
 
 from __future__ import annotations
@@ -32,9 +35,13 @@ from formal_sae import (
     SAEMetrics,
     analyze,
     dataset_metadata,
+    effect_predictability,
     evaluate_sae,
     feature_interventions,
     feature_role,
+    held_out_pairs,
+    interpolation_metrics,
+    predictability_summary,
     targets_of,
 )
 from formal_sae.bench.config import ScoringSettings
@@ -94,6 +101,13 @@ def score_sae(
     scores, roles = feature_scores(report), feature_roles(report)
     gap_closure, not_causal_rate, n_causal = _causal(model, sae, dataset, report, scores, roles, settings, allow_other_model)
     gaps = [a.gap for a in report.absorption if a.gap is not None]
+    pairs = held_out_pairs(model, dataset, max_sentences=settings.intervention_sentences, seed=settings.seed)
+    interpolation = interpolation_metrics(model, sae, dataset, pairs, allow_other_model=allow_other_model)
+    structural = {name: _scored_latent(report, name) for name in scores if roles.get(name) == STRUCTURAL}
+    predictability = effect_predictability(
+        model, sae, dataset, structural, max_sentences=settings.intervention_sentences, seed=settings.seed,
+        allow_other_model=allow_other_model,
+    )  # fmt: skip
     return BenchScore(
         sae_id=sae_id,
         grammar=dataset_metadata(dataset).grammar,
@@ -116,8 +130,16 @@ def score_sae(
         n_causal_features=n_causal,
         feature_scores=scores,
         validity=None if fidelity.get("validity") is None else float(fidelity["validity"]),
+        causal_loss=_finite(interpolation.causal_loss),
+        linearity_error=interpolation.linearity_error,
+        predictability=predictability_summary(predictability.values()),
         seconds=time.perf_counter() - start,
     )
+
+
+def _finite(value: float) -> float | None:
+    """None for NaN (no pair measured), so the score's JSON holds null rather than NaN."""
+    return value if math.isfinite(value) else None
 
 
 def feature_scores(report: AnalysisReport) -> dict[str, float]:

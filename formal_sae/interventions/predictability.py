@@ -5,6 +5,7 @@ per-bin values (``to_dict``/``from_dict``, JSON) so the caller can bootstrap."""
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -182,3 +183,23 @@ def effect_predictability(
             continue
         result.r2, result.slope = _r2_and_slope(pred.ravel(), obs.ravel())
     return out
+
+
+def predictability_summary(results: Iterable[Predictability]) -> float | None:
+    """One number for many latents' `Predictability`: the median over the latents with a defined R²
+    of the correlation between predicted and observed shifts (1: the natural data predicts every
+    clamp's effect up to scale; about 0: it does not); None when no latent has one (a latent
+    whose predicted or observed shifts are all equal has none).
+
+    Why not the mean R²: R² is unbounded below (a clamp far weaker than predicted scores -1000s),
+    so one weak latent would swamp the rest; the correlation is bounded and scale-free."""
+    corr = [_correlation(np.ravel(p.predicted), np.ravel(p.observed)) for p in results if p.r2 is not None]
+    corr = [c for c in corr if c is not None]
+    return float(np.median(corr)) if corr else None
+
+
+def _correlation(a: np.ndarray, b: np.ndarray) -> float | None:
+    """Pearson correlation; None where it is undefined (a constant side)."""
+    if len(a) < 2 or np.ptp(a) == 0 or np.ptp(b) == 0:
+        return None
+    return float(np.corrcoef(a, b)[0, 1])

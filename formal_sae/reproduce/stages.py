@@ -44,6 +44,7 @@ from formal_sae import (
     load_model,
     load_sae,
     output_dir,
+    predictability_summary,
     probe_direction,
     probe_features,
     read_json,
@@ -407,15 +408,12 @@ def _c4_measures(model, sae, dataset, pairs, scale: Scale) -> dict[str, float | 
         name: t["best_latent"] for name, t in report.targets.items()
         if name in values and feature_role(report.aligned.token_ids, values[name]) == STRUCTURAL
     }  # fmt: skip
-    measured = [p for p in effect_predictability(model, sae, dataset, structural, max_sentences=scale.intervention_sentences).values()
-                if p.r2 is not None]  # fmt: skip
-    # R² is unbounded below (a clamp far weaker than predicted scores -1000s), so the summary is the
-    # median over features of the correlation of predicted and observed shifts: bounded, scale-free
-    corr = [float(np.corrcoef(np.ravel(p.predicted), np.ravel(p.observed))[0, 1]) for p in measured]
+    results = list(effect_predictability(model, sae, dataset, structural, max_sentences=scale.intervention_sentences).values())
+    measured = [p for p in results if p.r2 is not None]
     return {
         "causal_loss": interp.causal_loss,
         "linearity_error": interp.linearity_error,
-        "predictability": float(np.median(corr)) if corr else None,
+        "predictability": predictability_summary(results),
         "predictability_r2_median": float(np.median([p.r2 for p in measured])) if measured else None,
         "predictability_slope_median": float(np.median([p.slope for p in measured if p.slope is not None])) if measured else None,
         "explained_variance": m["explained_variance"],
