@@ -7,6 +7,7 @@ tested with fakes that record what would have been pushed.
 from __future__ import annotations
 
 import json
+import multiprocessing
 import re
 import shutil
 import statistics
@@ -20,6 +21,7 @@ from transformers import AutoTokenizer
 
 import formal_sae
 from formal_sae import data as data_module
+from formal_sae.data import tokenizer as tokenizer_module
 
 # The special tokens after the grammar's terminals, written out by hand (not taken from the module).
 SPECIALS = ["<pad>", "<bos>", "<eos>", "<unk>", "Task:", "Task0", "\n", "Ops:", "<null>", "Out:"]
@@ -336,6 +338,28 @@ def test_build_tokenizer_without_a_folder_leaves_no_temporary_directory(tmp_path
     formal_sae.build_tokenizer(formal_sae.load_grammar("dyck2"))
     assert sorted(p.name for p in tmp_path.iterdir()) == before  # none left per call
     assert tok("dig0 un0")["input_ids"] == [special_id(expr, "<bos>"), *sentence_ids(expr, ["dig0", "un0"])]
+
+
+def test_a_forked_worker_that_builds_a_tokenizer_leaves_no_temporary_directory(tmp_path, monkeypatch, expr):
+    """A sweep worker is a process forked by multiprocessing, which ends with os._exit: the
+    folder it made must still go, and the parent's folder it inherited must stay."""
+    monkeypatch.setattr("tempfile.tempdir", str(tmp_path))
+    monkeypatch.setattr(tokenizer_module, "_SCRATCH", None)
+    fork = multiprocessing.get_context("fork")
+
+    def build_in_a_worker():
+        worker = fork.Process(target=formal_sae.build_tokenizer, args=(expr,))
+        worker.start()
+        worker.join()
+        assert worker.exitcode == 0
+
+    build_in_a_worker()  # the parent has none yet: the worker makes its own
+    assert list(tmp_path.iterdir()) == []
+    formal_sae.build_tokenizer(expr)
+    parents = list(tmp_path.iterdir())
+    assert len(parents) == 1
+    build_in_a_worker()  # the worker inherits the parent's and must not delete it
+    assert list(tmp_path.iterdir()) == parents and any(parents[0].rglob("tokenizer.json"))
 
 
 # ---------------------------------------------------------------------------- bad input

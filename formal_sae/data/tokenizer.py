@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import multiprocessing.util
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Literal
@@ -71,16 +73,29 @@ def build_tokenizer(grammar: Grammar, save_dir: str | os.PathLike | None = None)
     return load_tokenizer(save_dir)
 
 
-_SCRATCH: tempfile.TemporaryDirectory | None = None
+_SCRATCH: Path | None = None
 
 
 def _scratch() -> Path:
     """The process's temporary directory for tokenizers built without a folder (they must outlive
-    the call, for TransformerLens); deleted at exit."""
+    the call, for TransformerLens); deleted when the process that made it exits.
+
+    Why not ``tempfile.TemporaryDirectory``: its clean-up runs at interpreter exit only, and a
+    process forked by `multiprocessing` (the sweep's workers) ends with ``os._exit``, which skips
+    it: every worker that built a tokenizer left a folder in the temporary directory (3,567 were
+    found after a day of test runs). `multiprocessing.util.Finalize` runs both at interpreter exit
+    and when such a worker ends, and a forked child starts without its parent's finalizers, so it
+    never deletes the folder it inherited (guarded by the pid as well)."""
     global _SCRATCH
-    if _SCRATCH is None or not Path(_SCRATCH.name).is_dir():
-        _SCRATCH = tempfile.TemporaryDirectory(prefix="formal-sae-tokenizer-", ignore_cleanup_errors=True)
-    return Path(_SCRATCH.name)
+    if _SCRATCH is None or not _SCRATCH.is_dir():
+        _SCRATCH = Path(tempfile.mkdtemp(prefix="formal-sae-tokenizer-"))
+        multiprocessing.util.Finalize(None, _remove_scratch, args=(_SCRATCH, os.getpid()), exitpriority=0)
+    return _SCRATCH
+
+
+def _remove_scratch(path: Path, owner: int) -> None:
+    if os.getpid() == owner:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def load_tokenizer(directory: str | os.PathLike) -> PreTrainedTokenizerBase:
