@@ -164,6 +164,5 @@ BENCH_PRESETS: dict[str, BenchConfig] = {
         lr=1e-3,
         calibration_tokens=60_000,
         causal=CausalConfig(coefficient=100.0, pretrain_steps=0, steps=200, sentences_per_step=32, finetune_lr=1e-3),
-        scoring=ScoringSettings(max_sentences=500, intervention_sentences=100, n_null=20),
     ),
 }
