@@ -79,7 +79,7 @@ from formal_sae.saes import (
 from formal_sae.saes import architectures as sae_architectures
 from formal_sae.saes.causal import CausalConfig, held_out_causal_loss, train_causal_sae
 from formal_sae.saes.causal_metrics import held_out_pairs, interpolation_metrics
-from formal_sae.saes.evaluation import SAEMetrics
+from formal_sae.saes.evaluation import SAEMetrics, variance_dimension
 from formal_sae.saes.storage import to_inference
 from formal_sae.saes.sweep import CELLS_DIR, RESULTS_JSON, RayBackend, SweepEvaluation, sweep
 from formal_sae.saes.training import sae_hook_width, train_seconds
@@ -191,5 +191,6 @@ __all__ = [
     "train_model",
     "train_sae",
     "train_seconds",
+    "variance_dimension",
     "write_json",
 ]

@@ -84,6 +84,8 @@ def config_differences(old: Any, new: Any, prefix: str = "") -> list[str]:
             else:
                 diffs += config_differences(old[key], new[key], f"{name}.")
         return diffs
+    if isinstance(old, list) and isinstance(new, list) and len(old) == len(new):  # say a grid's cells: by position
+        return [d for i, (a, b) in enumerate(zip(old, new, strict=True)) for d in config_differences(a, b, f"{prefix}{i}.")]
     if old != new:
         return [f"{prefix.rstrip('.') or 'value'} ({_short(old)} -> {_short(new)})"]
     return []

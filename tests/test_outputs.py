@@ -302,3 +302,13 @@ def test_a_folder_is_replaced_whole_with_or_without_the_one_step_swap(tmp_path, 
         io_mod.atomic_replace(target, lambda tmp, v=version: (tmp.mkdir(), (tmp / "v.txt").write_text(v)))
     assert (target / "v.txt").read_text() == "2" and sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]
     assert len(calls) == 1 and calls[0][1] == "ckpt"  # asked once: only the second write replaces a folder
+
+
+def test_config_differences_name_the_setting_inside_lists_of_the_same_length():
+    from formal_sae.outputs import config_differences
+
+    old = {"grid": {"cells": [{"lr": 0.01, "k": 4}, {"lr": 0.01, "k": 8}]}, "seed": 0}
+    new = {"grid": {"cells": [{"lr": 0.01, "k": 4}, {"lr": 0.003, "k": 8}]}, "seed": 0, "extra": 1}
+    assert config_differences(old, new) == ["extra (absent -> 1)", "grid.cells.1.lr (0.01 -> 0.003)"]
+    assert config_differences({"cells": [1, 2]}, {"cells": [1]}) == ["cells ([1, 2] -> [1])"]  # no position to name
+    assert config_differences(old, old) == []

@@ -220,7 +220,7 @@ def test_the_standard_scale_is_the_papers_model_with_its_panels_variants_and_see
         cells = [f for f in factors if (f["normalisation"], f["pre_bias"]) == variant]
         assert {f["expansion"] for f in cells} == {2} and len(cells) == 11
         assert any(f["family"] == "topk" and f["sparsity"] == 16 for f in cells)
-    assert all(r["training_tokens"] == 512_000 and r["batch_size_tokens"] == 1024 for r in rows)
+    assert all(r["training_tokens"] == 512_000 and r["batch_size_tokens"] == 1024 and r["lr"] == 1e-3 for r in rows)
     assert estimate_time(standard, ["dyck2", "expr", "english"]).total <= 3600  # about an hour on 2 CPU cores
 
 
@@ -260,6 +260,13 @@ def test_a_resumed_run_with_another_configuration_is_refused_naming_the_differen
         reproduce(run, "expr", TINY.with_overrides(n_null=4))
     with pytest.raises(OutputError, match=r"seed \(0 -> 1\)"):
         reproduce(run, "expr", "tiny", seed=1)
+
+    def other_lr(d_in: int) -> SweepGrid:  # the grid is code: a change of it is one too
+        grid = tiny_grid(d_in)
+        return SweepGrid(grid.name, [dataclasses.replace(c, config=dataclasses.replace(c.config, lr=3e-3)) for c in grid.cells])
+
+    with pytest.raises(OutputError, match=r"settings\.grid\.cells\.0\.config\.lr \(0\.01 -> 0\.003\)"):
+        reproduce(run, "expr", TINY.with_overrides(grid=other_lr))
 
 
 def _tiny_paper() -> Scale:

@@ -12,6 +12,7 @@ import json
 import shutil
 
 import datasets
+import numpy as np
 import pytest
 import torch
 from sae_lens import SAE, StandardSAE, TopKSAE
@@ -21,7 +22,16 @@ from sae_lens.saes.sae import TrainStepInput
 import formal_sae
 from formal_sae import SAEError, SAETrainConfig
 from formal_sae.cli import main
-from formal_sae.saes import build_training_sae, check_sae_fits, evaluate_sae, load_sae, paper, train_sae, with_splice
+from formal_sae.saes import (
+    build_training_sae,
+    check_sae_fits,
+    evaluate_sae,
+    load_sae,
+    paper,
+    train_sae,
+    variance_dimension,
+    with_splice,
+)
 from formal_sae.saes.training import cache_activations, save_sae
 
 HOOK = "blocks.0.hook_resid_post"
@@ -414,7 +424,15 @@ def direct_metrics(model, sae, split, hook: str) -> dict[str, float]:
         "ce_loss_score": (ce["ablation"] - ce["sae"]) / (ce["ablation"] - ce["clean"]),
         "kl_div_with_sae": kl["sae"],
         "kl_div_score": (kl["ablation"] - kl["sae"]) / kl["ablation"],
+        "input_dimension": pca_dimension(x.numpy(), 0.999),
     }
+
+
+def pca_dimension(x: np.ndarray, fraction: float) -> int:
+    """Principal directions holding ``fraction`` of the variance, from an SVD of the centred data
+    (evaluate_sae accumulates a covariance and takes its eigenvalues instead)."""
+    share = np.cumsum(np.linalg.svd(x - x.mean(0), compute_uv=False) ** 2)
+    return int(np.searchsorted(share / share[-1], fraction)) + 1
 
 
 # The tiny model has one block: after resid_post only position-wise layers follow, while a splice at
@@ -437,6 +455,15 @@ def test_evaluate_sae_metrics_match_their_definitions(model, ds, acts, topk_sae,
     assert "validity" not in metrics
     if arch == "abstopk":  # exactly k signed latents per token, some of them negative
         assert metrics["l0"] == 4 and (sae.encode(acts[:64]) < 0).any()
+
+
+def test_variance_dimension_counts_principal_directions_by_hand():
+    rotation = torch.linalg.qr(torch.randn(4, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(0)))[0]
+    covariance = rotation @ torch.diag(torch.tensor([6.0, 3.0, 1.0, 0.0], dtype=torch.float64)) @ rotation.T  # variance 10
+    assert [variance_dimension(covariance, f) for f in (0.5, 0.6, 0.61, 0.9, 0.95, 1.0)] == [1, 1, 2, 2, 3, 3]
+    assert variance_dimension(torch.zeros(3, 3)) == 0
+    with pytest.raises(SAEError, match="fraction must be in"):
+        variance_dimension(covariance, 0.0)
 
 
 def test_an_exact_identity_sae_scores_perfectly(model, ds, identity_sae):

@@ -20,7 +20,7 @@ import dataclasses
 import os
 from pathlib import Path
 
-from formal_sae import FormalSAEError, RayBackend, atomic_write_text, output_dir, to_jsonable, write_json
+from formal_sae import FormalSAEError, ModelConfig, RayBackend, atomic_write_text, output_dir, to_jsonable, write_json
 from formal_sae.reproduce.claims import ClaimResult, judge
 from formal_sae.reproduce.estimate import announce, estimate_time
 from formal_sae.reproduce.evidence import C1Evidence, C2Evidence, C3Evidence, C4Evidence
@@ -82,8 +82,10 @@ def reproduce(
     # workers change no result (a run resumes with another count); model_train and paper_sweeps are left
     # out when unset, so that the configuration of a scale without them reads as it did before they existed
     unset = [name for name in ("model_train", "paper_sweeps") if not getattr(scale, name)]
-    left_out = ("grid", "notes", "workers", *unset)
+    left_out = ("grid", "notes", "workers", *unset)  # the grid: below
     settings = {f.name: to_jsonable(getattr(scale, f.name)) for f in dataclasses.fields(scale) if f.name not in left_out}
+    # the grid is code, so its cells stand in for it: a finished sweep is reused without a check of its own
+    settings["grid"] = scale.grid(ModelConfig.from_preset(scale.preset).d_model).to_dict()
     config = {"grammars": names, "scale": scale.name, "seed": seed, "settings": settings}  # overrides count too
     with output_dir(out_dir, "reproduction", config, overwrite=overwrite, resumable=True) as out:
         announce(estimate_time(scale, names, device))

@@ -3,7 +3,10 @@
 * Reconstruction and sparsity (SAELens ``evals`` formulas): ``mse`` = mean over tokens of the
   squared error summed over dimensions; ``explained_variance`` = 1 - E||x - x_hat||^2 /
   (E||x||^2 - ||E x||^2); ``l0`` = mean number of active latents; ``dead_fraction`` = latents that
-  never fire on the split.
+  never fire on the split; ``input_dimension`` = principal directions holding
+  `INPUT_DIMENSION_VARIANCE` of the inputs' variance on the split, the yardstick of the live
+  latents (an input of 3 such directions leaves most of a 256-latent TopK dictionary dead however
+  long it trains).
 * Downstream (``sae_lens.evals.get_recons_loss``, splicing the SAE at sentence tokens):
   ``ce_loss_score`` = (CE_zero_ablation - CE_sae) / (CE_zero_ablation - CE_clean), and
   ``kl_div_score`` = (KL_ablation - KL_sae) / KL_ablation, over next-token predictions made at
@@ -42,6 +45,9 @@ from formal_sae.records import Record
 from formal_sae.saes.storage import model_name_of
 from formal_sae.saes.training import flush_denormals, sae_hook_width
 
+#: The share of the inputs' variance whose principal directions ``input_dimension`` counts.
+INPUT_DIMENSION_VARIANCE = 0.999
+
 #: The latent density histogram written next to an SAE's ``metrics.json`` (`write_latent_density`).
 DENSITY_PNG = "latent_density.png"
 
@@ -52,7 +58,7 @@ class SAEMetrics(Record):
     JSON written into an SAE's ``metrics.json``. The validity fields are None, and absent from the
     JSON, when validity was not measured."""
 
-    _optional: ClassVar[tuple[str, ...]] = ("validity", "validity_std", "validity_failures")
+    _optional: ClassVar[tuple[str, ...]] = ("validity", "validity_std", "validity_failures", "input_dimension")
 
     hook_name: str
     architecture: str
@@ -72,6 +78,9 @@ class SAEMetrics(Record):
     validity: float | None = None
     validity_std: float | None = None
     validity_failures: dict[str, int] | None = None
+    input_dimension: int | None = None
+    """principal directions holding `INPUT_DIMENSION_VARIANCE` of the inputs' variance (None in files
+    written before it was measured)"""
     firing_rates: np.ndarray | None = field(default=None, repr=False, metadata={"json": False})
     """per latent, the fraction of the split's tokens where it fires (an attribute, not in the JSON)"""
 
@@ -154,6 +163,8 @@ def evaluate_sae(
     n_tokens = 0
     sq_err = sum_sq_x = l0 = 0.0
     sum_vec = torch.zeros(sae.cfg.d_in)
+    sum64 = torch.zeros(sae.cfg.d_in, dtype=torch.float64)
+    sum_outer = torch.zeros(sae.cfg.d_in, sae.cfg.d_in, dtype=torch.float64)
     fire_counts = torch.zeros(sae.cfg.d_sae, dtype=torch.long)
     ce = {"clean": 0.0, "sae": 0.0, "ablation": 0.0}
     kl = {"sae": 0.0, "ablation": 0.0}
@@ -166,6 +177,9 @@ def evaluate_sae(
         sq_err += float((recon - x).pow(2).sum())
         sum_sq_x += float(x.pow(2).sum())
         sum_vec += x.sum(0).cpu()
+        x64 = x.cpu().double()  # the covariance in float64: Expr's activations reach norms of ~2,500
+        sum64 += x64.sum(0)
+        sum_outer += x64.T @ x64
         l0 += float((feats != 0).sum())  # != 0: AbsTopK latents can be negative (as SAELens counts)
         fire_counts += (feats != 0).sum(0).cpu()
         r = get_recons_loss(
@@ -180,6 +194,7 @@ def evaluate_sae(
         kl["sae"] += float(r["kl_div_with_sae"].cpu()[batch.mask].sum())
         kl["ablation"] += float(r["kl_div_with_ablation"].cpu()[batch.mask].sum())
     total_var = sum_sq_x / n_tokens - float((sum_vec / n_tokens).pow(2).sum())
+    mean = sum64 / n_tokens
     ce = {k: v / n_pred for k, v in ce.items()}
     kl = {k: v / n_tokens for k, v in kl.items()}
     metrics = SAEMetrics(
@@ -198,6 +213,7 @@ def evaluate_sae(
         ce_loss_score=(ce["ablation"] - ce["sae"]) / (ce["ablation"] - ce["clean"]),
         kl_div_with_sae=kl["sae"],
         kl_div_score=(kl["ablation"] - kl["sae"]) / kl["ablation"],
+        input_dimension=variance_dimension(sum_outer / n_tokens - torch.outer(mean, mean)),
         firing_rates=(fire_counts.double() / n_tokens).numpy(),
     )
     if validity:
@@ -205,6 +221,19 @@ def evaluate_sae(
             v = evaluate_validity(model, n_samples=n_samples, repeats=repeats, seed=seed, saes=[sae])
         metrics.validity, metrics.validity_std, metrics.validity_failures = v.validity, v.validity_std, v.failures
     return metrics
+
+
+def variance_dimension(covariance: torch.Tensor, fraction: float = INPUT_DIMENSION_VARIANCE) -> int:
+    """The fewest principal directions of a covariance matrix that hold ``fraction`` of its variance
+    (its trace); 0 for an input without variance."""
+    if not 0 < fraction <= 1:
+        raise SAEError(f"fraction must be in (0, 1], got {fraction}")
+    eig = torch.linalg.eigvalsh(covariance.double()).flip(0).clamp(min=0)
+    total = float(eig.sum())
+    if total <= 0:
+        return 0
+    # the tolerance keeps fraction = 1 from counting directions that only rounding gives variance
+    return min(int((eig.cumsum(0) < fraction * total * (1 - 1e-12)).sum()) + 1, len(eig))
 
 
 def write_latent_density(metrics: SAEMetrics, path: str | os.PathLike, title: str | None = None) -> None:

@@ -133,8 +133,8 @@ def results_markdown(
             f"splice {ev['splice'] or 'per cell'}"
         ),
         "",
-        "| cell | sparsity | value | x | variant | validity | expl. var. | L0 | CE score | dead | train s |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| cell | sparsity | value | x | variant | validity | expl. var. | L0 | CE score | dead | input dim. | train s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         validity = number(r.get("validity"), 2)
@@ -143,7 +143,8 @@ def results_markdown(
         lines.append(
             f"| `{r['cell_id']}` | {r['sparsity']} | {number(r['sparsity_value'])} | {r['expansion_factor']} | {r['variant']} "
             f"| {validity} | {number(r.get('explained_variance'))} | {number(r.get('l0'), 1)} "
-            f"| {number(r.get('ce_loss_score'))} | {number(r.get('dead_fraction'), 2)} | {number(r.get('train_seconds'), 1)} |"
+            f"| {number(r.get('ce_loss_score'))} | {number(r.get('dead_fraction'), 2)} | {number(r.get('input_dimension'))} "
+            f"| {number(r.get('train_seconds'), 1)} |"
         )
     if tradeoffs:
         lines += ["", "## Sparsity trade-offs", "", "L0 (mean active latents per token) against each metric, one line per "
