@@ -108,8 +108,8 @@ def standard_grid(d_in: int) -> SweepGrid:
     prebias+input+dec) at expansion 2 only (11 cells each): 77 cells, each 512k tokens in batches
     of 1,024 (the budget of [`paper_grid`][formal_sae.paper_grid]'s ``small`` scale) at lr
     `STANDARD_SAE_LR`. At the ``small`` scale's lr 1e-4 the standard Expr model's k <= 16 TopK SAEs
-    reach an explained variance of only 0.42 in that budget (0.9997 at 1e-3); a longer budget was
-    measured not to revive dead TopK latents (docs/reproduction.md)."""
+    reach an explained variance of only 0.42 in that budget (0.9997 at 1e-3); four times the budget
+    revives none of Expr's dead TopK latents and 5-8 points of Dyck-2's (docs/reproduction.md)."""
     panels = paper_grid("small", ["none"], d_in=d_in)
     variants = paper_grid("small", ["input", "input+recon", "prebias+input+dec"], d_in=d_in, expansion_factors=(2,))
     cells = [
