@@ -35,15 +35,18 @@ CONVERGED_POINTS = 0.05  # the largest change of the dead fraction that a 4x lon
 LONGER = 4
 
 
-def _longer_dead_fraction(study: Path, grammar: str, row: dict) -> float:
-    """The dead fraction on the sweep's test sentences of the cell retrained on `LONGER` x its tokens."""
+def _longer_dead_fractions(study: Path, grammar: str, cells: list[str]) -> dict[str, float]:
+    """The dead fraction on the sweep's test sentences of each cell retrained on `LONGER` x its
+    tokens, from the training config the sweep stored with the cell."""
     model = formal_sae.load_model(study / grammar / "model")
     dataset = formal_sae.load_dataset_dir(study / grammar / "data")
-    fields = {f.name for f in dataclasses.fields(formal_sae.SAETrainConfig)}
-    config = formal_sae.SAETrainConfig(**{k: v for k, v in row.items() if k in fields})
-    config = dataclasses.replace(config, training_tokens=config.training_tokens * LONGER)
-    sae = formal_sae.train_sae(model, dataset, config)
-    return formal_sae.evaluate_sae(model, sae, dataset, max_sentences=500, validity=False).dead_fraction
+    out = {}
+    for cell in cells:
+        record = formal_sae.read_json(study / grammar / "sweep" / formal_sae.CELLS_DIR / cell / formal_sae.METRICS_FILE)
+        config = formal_sae.SAETrainConfig.from_dict(record["config"])
+        sae = formal_sae.train_sae(model, dataset, dataclasses.replace(config, training_tokens=config.training_tokens * LONGER))
+        out[cell] = formal_sae.evaluate_sae(model, sae, dataset, max_sentences=500, validity=False).dead_fraction
+    return out
 
 
 def main() -> None:
@@ -73,9 +76,9 @@ def main() -> None:
             f"| {model['mean_length']:.2f} / {data_length:.2f} ({length_ratio - 1:+.1%}) | `{r['analysed_cell']}` "
             f"| {'–' if analysed is None else format(analysed['explained_variance'], '.3f')} | {r['seconds'] / 60:.1f} |"
         )
-        for w, cell in K16_CELLS.items():
-            if cell in rows:
-                dead_rows.append((g, w, rows[cell], _longer_dead_fraction(args.study, g, rows[cell]) if args.converge else None))
+        present = {w: cell for w, cell in K16_CELLS.items() if cell in rows}
+        longer = _longer_dead_fractions(args.study, g, list(present.values())) if args.converge else {}
+        dead_rows += [(g, w, rows[cell], longer.get(cell)) for w, cell in present.items()]
     print(
         f"\n| language | x | EV | dead | live latents / input dimension (99.9%) | dead after {LONGER}x the tokens "
         f"(within {CONVERGED_POINTS:.0%}) | met |"
