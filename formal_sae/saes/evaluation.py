@@ -177,7 +177,9 @@ def evaluate_sae(
         sq_err += float((recon - x).pow(2).sum())
         sum_sq_x += float(x.pow(2).sum())
         sum_vec += x.sum(0).cpu()
-        x64 = x.cpu().double()  # the covariance in float64: Expr's activations reach norms of ~2,500
+        # the covariance in float64 (Expr's activations reach norms of ~2,500); sum_vec stays the float32
+        # sum it was, so explained variance keeps its bits
+        x64 = x.cpu().double()
         sum64 += x64.sum(0)
         sum_outer += x64.T @ x64
         l0 += float((feats != 0).sum())  # != 0: AbsTopK latents can be negative (as SAELens counts)
